@@ -1,1 +1,182 @@
-fn main() {}
+//! `zmesh-node`: the node proxy binary. Start-up wiring only: parse flags, load config and
+//! certificates, bind every listener (so a bad config or a port clash fails before we claim to
+//! be ready), start the shards, then serve admin, metrics and readiness on the control thread.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod config;
+mod inbound;
+mod metrics;
+mod outbound;
+mod pool;
+mod relay;
+mod shard;
+mod sockets;
+mod socks5;
+mod state;
+mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use clap::Parser;
+use zmesh_hbone::ca::DevCa;
+use zmesh_rt::{DriverKind, RuntimeConfig};
+
+use crate::config::Args;
+use crate::shard::{Command, ProxySettings, ShardSockets, ShardSpec};
+use crate::sockets::UpstreamOpts;
+use crate::state::{CertSource, NodeState};
+
+fn main() {
+    let args = Args::parse();
+    init_logging(&args.log);
+    if let Err(e) = run(args) {
+        eprintln!("zmesh-node: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let mesh = zmesh_state::load_local_config(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let certs = cert_source(&args)?;
+    let mut state = NodeState {
+        mesh: Arc::new(mesh),
+        certs: Default::default(),
+        node_name: args.node_name.clone(),
+        network: args.network.clone(),
+        cluster_id: args.cluster_id.clone(),
+        version: 1,
+    };
+    state.certs = certs.certs_for(state.local_workloads())?;
+    let local: Vec<_> = state.local_workloads().cloned().collect();
+    tracing::info!(
+        node = %args.node_name, workloads = state.mesh.workloads().count(), local = local.len(),
+        services = state.mesh.services().count(), policies = state.mesh.policies().count(),
+        "config loaded from {}", args.config.display()
+    );
+    let shared = Arc::new(ArcSwap::from_pointee(state));
+
+    let driver = match args.driver {
+        Some(d) => {
+            tracing::info!(driver = %d, "IO driver chosen by flag");
+            d
+        }
+        None => match DriverKind::detect() {
+            (d, None) => {
+                tracing::info!(driver = %d, "IO driver");
+                d
+            }
+            (d, Some(why)) => {
+                tracing::warn!(driver = %d, reason = %why, "io_uring unavailable, using epoll");
+                d
+            }
+        },
+    };
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let n = args.shards.unwrap_or(cores.len().max(1)).max(1);
+    let listen_addrs: Vec<SocketAddr> = local.iter().flat_map(|w| w.workload_ips.iter().copied()).map(|ip| SocketAddr::new(ip, 0)).collect();
+
+    let settings = Arc::new(ProxySettings {
+        max_connections: args.max_connections_per_shard,
+        handshake_timeout: args.handshake_timeout,
+        connect_timeout: args.connect_timeout,
+        pool_idle_timeout: args.pool_idle_timeout,
+        upstream: UpstreamOpts { mark: Some(args.packet_mark).filter(|m| *m != 0), transparent: args.preserve_source_ip },
+    });
+    let (mesh_metrics, shard_metrics) = metrics::new(n);
+    let ready = Arc::new(AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    let mut threads = Vec::new();
+    for (id, shard_metrics) in shard_metrics.into_iter().enumerate() {
+        let sockets = bind_shard(&args, &listen_addrs)?;
+        let (tx, rx) = zmesh_rt::channel();
+        senders.push(tx);
+        let spec = ShardSpec {
+            id,
+            core: (!args.no_pin).then(|| cores.get(id % cores.len().max(1)).copied()).flatten(),
+            runtime: RuntimeConfig { driver, ..RuntimeConfig::default() },
+            state: shared.clone(),
+            settings: settings.clone(),
+            metrics: shard_metrics,
+            sockets,
+            commands: rx,
+            ready: ready.clone(),
+        };
+        threads.push(shard::spawn(spec).with_context(|| format!("starting shard {id}"))?);
+    }
+    tracing::info!(shards = n, driver = %driver, "node proxy started");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let ctl = Arc::new(admin::Control {
+            state: shared.clone(),
+            registry: metrics::registry(mesh_metrics, env!("CARGO_PKG_VERSION")),
+            shards: senders.clone(),
+            ready_shards: ready,
+            driver: driver.to_string(),
+            shutdown: Arc::new(tokio::sync::Notify::new()),
+        });
+        for (addr, ep) in [
+            (args.admin_addr.0, admin::Endpoint::Admin),
+            (args.metrics_addr.0, admin::Endpoint::Metrics),
+            (args.readiness_addr.0, admin::Endpoint::Readiness),
+        ] {
+            if let Some(addr) = addr {
+                admin::serve(addr, ep, ctl.clone()).await?;
+            }
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = ctl.shutdown.notified() => {}
+        }
+        tracing::info!("shutting down");
+        anyhow::Ok(())
+    })?;
+    for tx in &senders {
+        let _ = tx.send(Command::Stop);
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn cert_source(args: &Args) -> anyhow::Result<CertSource> {
+    match (&args.dev_ca, &args.cert_dir) {
+        (Some(dir), _) => {
+            let ca = DevCa::load_or_create(dir, "zmesh").map_err(|e| anyhow::anyhow!("dev CA in {}: {e}", dir.display()))?;
+            Ok(CertSource::Dev { ca, ttl: args.cert_ttl })
+        }
+        (None, Some(dir)) => Ok(CertSource::Dir(dir.clone())),
+        (None, None) => anyhow::bail!("no certificates: pass --dev-ca DIR or --cert-dir DIR"),
+    }
+}
+
+/// One shard's listeners: HBONE and plaintext inbound on every local workload address,
+/// outbound capture and SOCKS5 on the configured addresses.
+fn bind_shard(args: &Args, workload_addrs: &[SocketAddr]) -> anyhow::Result<ShardSockets> {
+    let mut s = ShardSockets::default();
+    for addr in workload_addrs {
+        s.hbone.push(sockets::listener(SocketAddr::new(addr.ip(), zmesh_hbone::HBONE_PORT))?);
+        s.plaintext.push(sockets::listener(SocketAddr::new(addr.ip(), 15006))?);
+    }
+    if let Some(a) = args.outbound_addr.0 {
+        s.outbound = Some(sockets::listener(a)?);
+    }
+    if let Some(a) = args.socks5_addr.0 {
+        s.socks5 = Some(sockets::listener(a)?);
+    }
+    Ok(s)
+}

@@ -1,0 +1,327 @@
+//! Inbound: peers reach a local workload over HBONE (15008), or in plaintext from outside the
+//! mesh (15006). `accept → TLS → HTTP/2 → per CONNECT: check → authorize → connect → 200 →
+//! relay`.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::{Request, Response, StatusCode};
+use tokio_rustls::TlsAcceptor;
+use zmesh_hbone::connect::{STATUS_BAD_REQUEST, STATUS_OK, STATUS_UNAUTHORIZED, STATUS_UNAVAILABLE};
+use zmesh_hbone::{Authority, Baggage, parse_authority, settings, tls};
+use zmesh_rt::{TcpListener, TcpStream};
+use zmesh_state::{Connection, Decision, Identity, Workload};
+
+use crate::metrics::{Rejection, TrafficCounters, TrafficLabels};
+use crate::relay::{self, Accounting};
+use crate::shard::{ConnGuard, ShardRef};
+use crate::state::NodeState;
+use crate::{sockets, telemetry};
+
+/// Back-off after an accept error (e.g. out of file descriptors), so it does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Accepts one connection and takes a slot for it and its upstream.
+pub async fn accept(shard: &ShardRef, l: &TcpListener) -> Option<(TcpStream, SocketAddr, ConnGuard)> {
+    let (stream, peer) = match l.accept().await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(shard = shard.id, error = %e, "accept failed");
+            zmesh_rt::sleep(ACCEPT_ERROR_PAUSE).await;
+            return None;
+        }
+    };
+    TrafficCounters::add(&shard.stats().connections_accepted, 1);
+    let guard = shard.admit(2)?;
+    let _ = stream.socket().set_tcp_nodelay(true);
+    Some((stream, peer, guard))
+}
+
+/// Serves HBONE on one local workload address.
+pub async fn serve_hbone(shard: ShardRef, listener: TcpListener) {
+    loop {
+        let Some((stream, peer, guard)) = accept(&shard, &listener).await else { continue };
+        zmesh_rt::spawn(hbone_connection(shard.clone(), stream, peer, guard)).detach();
+    }
+}
+
+/// What every stream of one HBONE connection shares.
+struct PeerConn {
+    peer: SocketAddr,
+    local: SocketAddr,
+    identity: Option<Identity>,
+}
+
+async fn hbone_connection(shard: ShardRef, stream: TcpStream, peer: SocketAddr, mut guard: ConnGuard) {
+    let Ok(local) = stream.local_addr() else { return };
+    let state = shard.state.load_full();
+    let Some(workload) = state.local_workload(local.ip()).cloned() else {
+        shard.reject(Rejection::NoWorkload);
+        return;
+    };
+    let Some(cert) = state.cert(&workload.identity()).cloned() else {
+        shard.reject(Rejection::NoWorkload);
+        return;
+    };
+    let deadline = Instant::now() + shard.settings.handshake_timeout;
+    let fail = |r: Rejection, flag: &'static str| {
+        shard.reject(r);
+        let mut labels = TrafficLabels::new("destination");
+        telemetry::set_destination(&mut labels, Some(&workload), None, &state.cluster_id);
+        labels.response_flags = flag;
+        TrafficCounters::add(&shard.metrics.traffic(labels).failed, 1);
+    };
+    let tls = match zmesh_rt::timeout(shard.settings.handshake_timeout, TlsAcceptor::from(cert.server.clone()).accept(stream)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "inbound TLS handshake failed");
+            return fail(Rejection::TlsHandshake, "TLS_FAILURE");
+        }
+        Err(_) => return fail(Rejection::HandshakeTimeout, "TLS_FAILURE"),
+    };
+    let identity = tls::peer_identities(tls.get_ref().1.peer_certificates())
+        .into_iter()
+        .find(|id| id.trust_domain == workload.identity().trust_domain);
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let mut conn = match zmesh_rt::timeout(remaining, settings::server_builder().handshake::<_, Bytes>(tls)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "inbound HTTP/2 handshake failed");
+            return fail(Rejection::H2Handshake, "H2_HANDSHAKE_FAILURE");
+        }
+        Err(_) => return fail(Rejection::HandshakeTimeout, "H2_HANDSHAKE_FAILURE"),
+    };
+    guard.track("inbound-hbone", peer, local, identity.as_ref().map(Identity::to_uri));
+    let pc = Rc::new(PeerConn { peer, local, identity });
+    let ping = conn.ping_pong();
+    let mut keepalive = pin!(crate::outbound::keepalive(ping));
+    let mut keepalive_failed = false;
+    loop {
+        let next = {
+            let accept = pin!(conn.accept());
+            match futures_util::future::select(accept, keepalive.as_mut()).await {
+                futures_util::future::Either::Left((r, _)) => Some(r),
+                futures_util::future::Either::Right(_) => None,
+            }
+        };
+        match next {
+            Some(Some(Ok((req, respond)))) => {
+                zmesh_rt::spawn(connect_stream(shard.clone(), pc.clone(), req, respond)).detach();
+            }
+            Some(Some(Err(e))) => {
+                tracing::debug!(%peer, error = %e, "inbound HTTP/2 connection ended");
+                break;
+            }
+            Some(None) => break,
+            None => {
+                keepalive_failed = true;
+                break;
+            }
+        }
+    }
+    if keepalive_failed {
+        tracing::debug!(%peer, "keepalive timed out");
+        conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+    }
+    // Keep driving the connection until every stream has finished (or the peer went away).
+    let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
+}
+
+/// Why a CONNECT was refused, and what we answer.
+struct Refusal {
+    status: StatusCode,
+    reject: Rejection,
+    flag: &'static str,
+    why: String,
+}
+
+fn refuse(status: StatusCode, reject: Rejection, flag: &'static str, why: impl Into<String>) -> Refusal {
+    Refusal { status, reject, flag, why: why.into() }
+}
+
+/// One CONNECT stream.
+async fn connect_stream(shard: ShardRef, pc: Rc<PeerConn>, req: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>) {
+    let start = Instant::now();
+    let state = shard.state.load_full();
+    let mut labels = TrafficLabels::new("destination");
+    labels.connection_security_policy = "mutual_tls";
+    let bag = req.headers().get("baggage").and_then(|v| v.to_str().ok()).map(Baggage::decode).unwrap_or_default();
+    telemetry::set_peer_source(&mut labels, pc.identity.as_ref(), &bag);
+    let checked = check_connect(&state, &pc, &req);
+    let checked = match checked {
+        Ok((w, target)) => {
+            telemetry::set_destination(&mut labels, Some(&w), None, &state.cluster_id);
+            authorize(&state, &w, pc.peer, pc.identity.as_ref(), target).map(|()| (w, target))
+        }
+        Err(r) => Err(r),
+    };
+    let upstream = match checked {
+        Ok((w, target)) => connect_app(&shard, pc.peer, target).await.map(|s| (w, target, s)),
+        Err(r) => Err(r),
+    };
+    let (workload, target, upstream) = match upstream {
+        Ok(x) => x,
+        Err(r) => {
+            shard.reject(r.reject);
+            labels.response_flags = r.flag;
+            TrafficCounters::add(&shard.metrics.traffic(labels.clone()).failed, 1);
+            let why: &dyn std::fmt::Display = &r.why;
+            telemetry::access_log("inbound", pc.peer, pc.local, &labels, 0, 0, start.elapsed(), Some(why));
+            let _ = respond.send_response(status(r.status, None), true);
+            return;
+        }
+    };
+    let bag = telemetry::baggage(&workload, &state.cluster_id).encode();
+    let send = match respond.send_response(status(STATUS_OK, Some(&bag)), false) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let counters = shard.metrics.traffic(labels.clone());
+    TrafficCounters::add(&counters.opened, 1);
+    let acct = Accounting { traffic: counters.clone(), stats: shard.metrics.stats.clone() };
+    let moved = relay::tunnel(upstream, send, req.into_body(), &acct, false).await;
+    TrafficCounters::add(&counters.closed, 1);
+    let (up, down, err) = match &moved {
+        Ok(m) => (m.up, m.down, None),
+        Err(e) => (0, 0, Some(e as &dyn std::fmt::Display)),
+    };
+    telemetry::access_log("inbound", pc.peer, target, &labels, down, up, start.elapsed(), err);
+}
+
+fn status(code: StatusCode, baggage: Option<&str>) -> Response<()> {
+    let mut r = Response::new(());
+    *r.status_mut() = code;
+    if let Some(v) = baggage.and_then(|b| b.parse().ok()) {
+        r.headers_mut().insert("baggage", v);
+    }
+    r
+}
+
+/// Method, authority and destination checks, as the reference orders them.
+fn check_connect(
+    state: &NodeState,
+    pc: &PeerConn,
+    req: &Request<h2::RecvStream>,
+) -> Result<(std::sync::Arc<Workload>, SocketAddr), Refusal> {
+    if req.method() != http::Method::CONNECT {
+        return Err(refuse(STATUS_BAD_REQUEST, Rejection::BadMethod, "-", format!("method {} is not CONNECT", req.method())));
+    }
+    let authority = req.uri().authority().map(|a| a.as_str()).unwrap_or_default();
+    let target = match parse_authority(authority) {
+        Some(Authority::Addr(a)) => a,
+        Some(Authority::Host(host, port)) => resolve_host_target(state, pc, &host, port)
+            .ok_or_else(|| refuse(STATUS_UNAVAILABLE, Rejection::NoWorkload, "-", format!("no service {host}:{port} here")))?,
+        None => {
+            return Err(refuse(STATUS_BAD_REQUEST, Rejection::BadAuthority, "-", format!("bad authority {authority:?}")));
+        }
+    };
+    if target.ip() != pc.local.ip() {
+        return Err(refuse(
+            STATUS_BAD_REQUEST,
+            Rejection::BadAuthority,
+            "-",
+            format!("target {target} is not the address dialed ({})", pc.local.ip()),
+        ));
+    }
+    if sockets::ILLEGAL_PORTS.contains(&target.port()) {
+        return Err(refuse(STATUS_BAD_REQUEST, Rejection::IllegalPort, "-", format!("{target} is a proxy port")));
+    }
+    let w = state
+        .local_workload(target.ip())
+        .cloned()
+        .ok_or_else(|| refuse(STATUS_UNAVAILABLE, Rejection::NoWorkload, "-", format!("no workload {} on this node", target.ip())))?;
+    Ok((w, target))
+}
+
+/// `hostname:port` → the dialed workload's target port for that service.
+fn resolve_host_target(state: &NodeState, pc: &PeerConn, host: &str, port: u16) -> Option<SocketAddr> {
+    let svc = state.mesh.services().find(|s| s.hostname == host)?;
+    let w = state.local_workload(pc.local.ip())?;
+    let target = w.services.get(&svc.key()).and_then(|ports| ports.get(&port)).copied()
+        .or_else(|| svc.ports.get(&port).copied())?;
+    let target = if target == 0 { port } else { target };
+    Some(SocketAddr::new(pc.local.ip(), target))
+}
+
+fn authorize(state: &NodeState, w: &Workload, src: SocketAddr, peer: Option<&Identity>, target: SocketAddr) -> Result<(), Refusal> {
+    let conn = Connection { src_ip: src.ip(), src_identity: peer, dst_ip: target.ip(), dst_port: target.port() };
+    match state.mesh.authorize(w, &conn) {
+        Decision::Allow => Ok(()),
+        Decision::Deny { policy } => Err(refuse(
+            STATUS_UNAUTHORIZED,
+            Rejection::Denied,
+            "DENY",
+            if policy.is_empty() { "no ALLOW policy matched".to_string() } else { format!("denied by {policy}") },
+        )),
+    }
+}
+
+/// Connects to the app, from the client's address when allowed.
+async fn connect_app(shard: &ShardRef, client: SocketAddr, target: SocketAddr) -> Result<TcpStream, Refusal> {
+    let fail = |e: std::io::Error| refuse(STATUS_UNAVAILABLE, Rejection::UpstreamConnect, "CONNECT", format!("connect {target}: {e}"));
+    let src = shard.settings.upstream.transparent.then_some(client.ip());
+    let sock = sockets::upstream(target, src, shard.settings.upstream).map_err(fail)?;
+    match zmesh_rt::timeout(shard.settings.connect_timeout, TcpStream::connect(sock, target)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(fail(e)),
+        Err(_) => Err(fail(std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// Serves plaintext from outside the mesh on one local workload address (15006): no peer
+/// identity, so STRICT PeerAuthentication (a converted DENY policy) refuses it.
+pub async fn serve_plaintext(shard: ShardRef, listener: TcpListener) {
+    loop {
+        let Some((stream, peer, guard)) = accept(&shard, &listener).await else { continue };
+        zmesh_rt::spawn(plaintext_connection(shard.clone(), stream, peer, guard)).detach();
+    }
+}
+
+async fn plaintext_connection(shard: ShardRef, stream: TcpStream, peer: SocketAddr, mut guard: ConnGuard) {
+    let start = Instant::now();
+    let Ok(local) = stream.local_addr() else { return };
+    let target = sockets::original_dst(stream.socket(), local).unwrap_or(local);
+    let state = shard.state.load_full();
+    let mut labels = TrafficLabels::new("destination");
+    guard.track("inbound-plaintext", peer, target, None);
+    let checked = if sockets::ILLEGAL_PORTS.contains(&target.port()) {
+        Err(refuse(STATUS_BAD_REQUEST, Rejection::IllegalPort, "-", format!("{target} is a proxy port")))
+    } else {
+        match state.local_workload(target.ip()).cloned() {
+            None => Err(refuse(STATUS_UNAVAILABLE, Rejection::NoWorkload, "-", "no such workload")),
+            Some(w) => {
+                telemetry::set_destination(&mut labels, Some(&w), None, &state.cluster_id);
+                authorize(&state, &w, peer, None, target)
+            }
+        }
+    };
+    let upstream = match checked {
+        Ok(()) => connect_app(&shard, peer, target).await,
+        Err(r) => Err(r),
+    };
+    let upstream = match upstream {
+        Ok(u) => u,
+        Err(r) => {
+            shard.reject(r.reject);
+            labels.response_flags = r.flag;
+            TrafficCounters::add(&shard.metrics.traffic(labels.clone()).failed, 1);
+            let why: &dyn std::fmt::Display = &r.why;
+            telemetry::access_log("inbound", peer, target, &labels, 0, 0, start.elapsed(), Some(why));
+            return;
+        }
+    };
+    let counters = shard.metrics.traffic(labels.clone());
+    TrafficCounters::add(&counters.opened, 1);
+    let acct = Accounting { traffic: counters.clone(), stats: shard.metrics.stats.clone() };
+    let moved = relay::passthrough(stream, upstream, &acct).await;
+    TrafficCounters::add(&counters.closed, 1);
+    let (up, down, err) = match &moved {
+        Ok(m) => (m.up, m.down, None),
+        Err(e) => (0, 0, Some(e as &dyn std::fmt::Display)),
+    };
+    telemetry::access_log("inbound", peer, target, &labels, down, up, start.elapsed(), err);
+}
