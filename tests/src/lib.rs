@@ -1,1 +1,360 @@
-//! End-to-end test helpers live in the test files.
+//! Harness for zmesh's end-to-end tests: real `zmesh-node` processes on loopback addresses,
+//! with helpers for SOCKS5 clients, echo servers and metrics.
+//!
+//! Each test picks its own id `T` and uses addresses `127.T.N.x` (node N listens on
+//! `127.T.N.1`; its workloads live at `127.T.N.10` and up), so tests run in parallel without
+//! port clashes. Config YAML is written with `{T}` where the test id goes.
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream as StdTcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// The `zmesh-node` binary built beside the test executable.
+pub fn node_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("zmesh-node");
+    assert!(bin.exists(), "{} is missing: build it first (cargo build -p zmesh-node, or cargo test --workspace)", bin.display());
+    bin
+}
+
+/// Which IO driver the nodes use; tests run once per driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+impl Driver {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Driver::IoUring => "io-uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+/// A running mesh of node proxies sharing one config and one development CA.
+pub struct Mesh {
+    pub test_id: u8,
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+}
+
+/// One `zmesh-node` process.
+pub struct Node {
+    pub name: String,
+    pub ip: IpAddr,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Node {
+    pub fn socks5(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, 15080)
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, 15000)
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, 15020)
+    }
+
+    pub fn readiness(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, 15021)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The /metrics text.
+    pub fn metrics(&self) -> String {
+        let (status, body) = http_get(self.metrics_addr(), "/metrics").expect("scrape metrics");
+        assert_eq!(status, 200, "metrics status");
+        body
+    }
+
+    /// Sum of every sample of `name` whose labels contain all of `labels` (`key="value"`).
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        metric_sum(&self.metrics(), name, labels)
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- {} log (last lines) ----", self.name);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// Sums samples of an OpenMetrics/Prometheus text body.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Replaces `{T}` with the test id.
+pub fn with_id(text: &str, id: u8) -> String {
+    text.replace("{T}", &id.to_string())
+}
+
+/// Options for starting nodes.
+#[derive(Clone, Debug)]
+pub struct NodeOpts {
+    pub driver: Driver,
+    pub shards: usize,
+    pub extra: Vec<String>,
+}
+
+impl NodeOpts {
+    pub fn new(driver: Driver) -> NodeOpts {
+        NodeOpts { driver, shards: 2, extra: Vec::new() }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> NodeOpts {
+        self.extra.push(a.into());
+        self
+    }
+}
+
+impl Mesh {
+    /// Writes the config (with `{T}` replaced) and starts `nodes` (node i+1 on 127.T.(i+1).1),
+    /// waiting until each is ready.
+    pub fn start(test_id: u8, yaml: &str, nodes: &[&str], opts: &NodeOpts) -> Mesh {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("mesh.yaml");
+        std::fs::write(&config, with_id(yaml, test_id)).expect("write config");
+        let mut mesh = Mesh { test_id, dir, nodes: Vec::new() };
+        for (i, name) in nodes.iter().enumerate() {
+            let ip: IpAddr = format!("127.{test_id}.{}.1", i + 1).parse().expect("node ip");
+            let node = mesh.spawn_node(name, ip, &config, opts);
+            mesh.nodes.push(node);
+        }
+        for n in &mesh.nodes {
+            wait_ready(n);
+        }
+        mesh
+    }
+
+    fn spawn_node(&self, name: &str, ip: IpAddr, config: &Path, opts: &NodeOpts) -> Node {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(node_bin())
+            .arg("--config").arg(config)
+            .arg("--node-name").arg(name)
+            .arg("--dev-ca").arg(self.dir.path().join("ca"))
+            .arg("--driver").arg(opts.driver.flag())
+            .arg("--shards").arg(opts.shards.to_string())
+            .arg("--no-pin")
+            .arg("--outbound-addr").arg(format!("{ip}:15001"))
+            .arg("--socks5-addr").arg(format!("{ip}:15080"))
+            .arg("--admin-addr").arg(format!("{ip}:15000"))
+            .arg("--metrics-addr").arg(format!("{ip}:15020"))
+            .arg("--readiness-addr").arg(format!("{ip}:15021"))
+            .arg("--log").arg("info,access=debug")
+            .args(&opts.extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn zmesh-node");
+        Node { name: name.to_string(), ip, child, log }
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes.iter().find(|n| n.name == name).expect("node by name")
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.name == name).expect("node by name")
+    }
+
+    /// An IP in this test's range: `127.T.a.b`.
+    pub fn ip(&self, a: u8, b: u8) -> IpAddr {
+        format!("127.{}.{a}.{b}", self.test_id).parse().expect("ip")
+    }
+
+    /// The CA directory the nodes share (tests mint certificates from it).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+}
+
+fn wait_ready(n: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((200, _)) = http_get(n.readiness(), "/healthz/ready") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node {} not ready in 20s; log:\n{}", n.name, n.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A tiny blocking HTTP/1.0 GET: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = StdTcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// SOCKS5 CONNECT through `proxy` from source address `src` to `dst`. Returns the stream
+/// after a success reply, or the reply code as the error.
+pub async fn socks5_connect(proxy: SocketAddr, src: IpAddr, dst: SocketAddr) -> Result<TcpStream, Socks5Failure> {
+    let sock = if proxy.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(Socks5Failure::Io)?;
+    sock.bind(SocketAddr::new(src, 0)).map_err(Socks5Failure::Io)?;
+    let mut s = sock.connect(proxy).await.map_err(Socks5Failure::Io)?;
+    s.set_nodelay(true).map_err(Socks5Failure::Io)?;
+    s.write_all(&[5, 1, 0]).await.map_err(Socks5Failure::Io)?;
+    let mut greet = [0u8; 2];
+    s.read_exact(&mut greet).await.map_err(Socks5Failure::Io)?;
+    assert_eq!(greet, [5, 0], "socks5 greeting reply");
+    let mut req = vec![5, 1, 0];
+    match dst {
+        SocketAddr::V4(a) => {
+            req.push(1);
+            req.extend_from_slice(&a.ip().octets());
+        }
+        SocketAddr::V6(a) => {
+            req.push(4);
+            req.extend_from_slice(&a.ip().octets());
+        }
+    }
+    req.extend_from_slice(&dst.port().to_be_bytes());
+    s.write_all(&req).await.map_err(Socks5Failure::Io)?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await.map_err(Socks5Failure::Io)?;
+    if reply[1] != 0 {
+        return Err(Socks5Failure::Reply(reply[1]));
+    }
+    Ok(s)
+}
+
+/// Why a SOCKS5 connect failed.
+#[derive(Debug)]
+pub enum Socks5Failure {
+    Io(std::io::Error),
+    Reply(u8),
+}
+
+/// An echo server: every accepted connection gets its bytes back, then a half-close.
+pub async fn echo_server(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let l = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind echo {addr}: {e}"));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    })
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so both ends can check content cheaply.
+pub struct Pattern(u64);
+
+impl Pattern {
+    pub fn new(seed: u64) -> Pattern {
+        Pattern(seed | 1)
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            let b = self.0.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+    }
+}
+
+/// Writes `total` pattern bytes then half-closes, while reading everything back and checking
+/// it equals what was sent. Returns the bytes read.
+pub async fn echo_roundtrip(stream: TcpStream, total: u64, seed: u64) -> u64 {
+    let (mut r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let mut p = Pattern::new(seed);
+        let mut buf = vec![0u8; 256 << 10];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            p.fill(&mut buf[..n]);
+            w.write_all(&buf[..n]).await.expect("write");
+            left -= n as u64;
+        }
+        w.shutdown().await.expect("half-close");
+    });
+    let mut p = Pattern::new(seed);
+    let mut buf = vec![0u8; 256 << 10];
+    let mut want = vec![0u8; 256 << 10];
+    let mut got = 0u64;
+    // The expected stream is generated in the same chunking as it was written, so keep a
+    // carry-over of generated-but-unchecked bytes.
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = r.read(&mut buf).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        while pending.len() < n {
+            let chunk = ((total - got - pending.len() as u64).min(want.len() as u64)) as usize;
+            assert!(chunk > 0, "received more bytes than were sent");
+            p.fill(&mut want[..chunk]);
+            pending.extend_from_slice(&want[..chunk]);
+        }
+        assert!(buf[..n] == pending[..n], "byte mismatch after {got} bytes");
+        pending.drain(..n);
+        got += n as u64;
+    }
+    writer.await.expect("writer task");
+    got
+}
