@@ -358,3 +358,108 @@ pub async fn echo_roundtrip(stream: TcpStream, total: u64, seed: u64) -> u64 {
     writer.await.expect("writer task");
     got
 }
+
+/// Runs `f`, failing the test with `what` when it has not finished within `limit`: a hang
+/// becomes a clear failure instead of a stuck test run. (Not a performance assertion: limits
+/// are many times the expected duration.)
+pub async fn within<F: std::future::Future>(what: &str, limit: Duration, f: F) -> F::Output {
+    match tokio::time::timeout(limit, f).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: not done within {limit:?}"),
+    }
+}
+
+impl Node {
+    /// Polls `metric(name, labels)` until `done` holds for it or `limit` passes; returns the
+    /// last value (the caller asserts on it, so a miss shows the value seen).
+    pub async fn wait_metric(&self, name: &str, labels: &[&str], limit: Duration, done: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.metric(name, labels);
+            if done(v) || Instant::now() >= deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// An echo server like [`echo_server`] that also counts the connections it accepted, so a
+/// test can tell whether a refused connection reached the app at all.
+pub async fn echo_server_counted(
+    addr: SocketAddr,
+) -> (tokio::task::JoinHandle<()>, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind echo {addr}: {e}"));
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (task, accepted)
+}
+
+/// Largest piece [`write_pattern`] writes at once.
+const PATTERN_CHUNK: usize = 256 << 10;
+
+/// Writes the next `n` bytes of `p` (a multiple of 8 unless it is the last write, so that
+/// the stream continues seamlessly across calls).
+pub async fn write_pattern<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, p: &mut Pattern, n: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; PATTERN_CHUNK.min(n as usize)];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(buf.len() as u64) as usize;
+        p.fill(&mut buf[..k]);
+        w.write_all(&buf[..k]).await?;
+        left -= k as u64;
+    }
+    Ok(())
+}
+
+/// Reads until EOF, checking every byte against `Pattern::new(seed)`; returns the count.
+/// Panics at the first wrong byte. (The pattern is the same whatever the write sizes, as
+/// long as each write but the last is a multiple of 8 bytes.)
+pub async fn read_pattern<R: tokio::io::AsyncRead + Unpin>(r: &mut R, seed: u64) -> std::io::Result<u64> {
+    // Small buffers: a thousand of these may run at once.
+    let mut p = Pattern::new(seed);
+    let mut buf = vec![0u8; 32 << 10];
+    let mut want = vec![0u8; 32 << 10];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut got = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(got);
+        }
+        while pending.len() < n {
+            p.fill(&mut want);
+            pending.extend_from_slice(&want);
+        }
+        assert!(buf[..n] == pending[..n], "byte mismatch after {got} bytes");
+        pending.drain(..n);
+        got += n as u64;
+    }
+}
+
+/// Sends `total` pattern bytes with writes of at most `chunk` bytes (a multiple of 8), then
+/// half-closes, while reading the echo back and checking it. Like [`echo_roundtrip`] but with
+/// small buffers, for tests that run a thousand of these at once. Returns the bytes read.
+pub async fn echo_roundtrip_small(stream: TcpStream, total: u64, seed: u64) -> u64 {
+    let (mut r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let mut p = Pattern::new(seed);
+        write_pattern(&mut w, &mut p, total).await.expect("write");
+        w.shutdown().await.expect("half-close");
+    });
+    let got = read_pattern(&mut r, seed).await.expect("read");
+    writer.await.expect("writer task");
+    got
+}

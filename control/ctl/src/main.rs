@@ -1,0 +1,34 @@
+//! `zmeshctl`: the zmesh command line. Today it runs the local demo mesh; install, inspect and
+//! waypoint commands come with the controller.
+#![forbid(unsafe_code)]
+
+mod demo;
+
+use clap::{Parser, Subcommand};
+
+/// The zmesh command line.
+#[derive(Parser, Debug)]
+#[command(name = "zmeshctl", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a two-node mesh on this machine's loopback addresses: an HTTP service with two
+    /// replicas, a client that reaches it over mTLS (HBONE), a second client that an L4
+    /// AuthorizationPolicy denies, and the metrics that show it. Cleans up when done.
+    Demo(demo::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Demo(args) => demo::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("zmeshctl: {e:#}");
+        std::process::exit(1);
+    }
+}
