@@ -74,6 +74,33 @@ pub(crate) fn recv(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> 
     }
 }
 
+/// One non-blocking `recv` into possibly uninitialised memory.
+pub(crate) fn recv_nonblocking(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live, writable slice; the kernel writes at most `buf.len()` bytes.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One non-blocking `sendmsg` of several slices, without SIGPIPE.
+pub(crate) fn send_vectored_nonblocking(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    // IoSlice is guaranteed ABI-compatible with iovec on Unix; the kernel only reads them.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize);
+    // SAFETY: `msg` points at `bufs`, which outlive the call.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Peer address of an accepted socket.
 pub(crate) fn peer_addr(fd: &socket2::Socket) -> io::Result<std::net::SocketAddr> {
     fd.peer_addr()?
