@@ -94,17 +94,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("zmesh-node"),
     };
     if !bin.exists() {
-        bail!("{} not found: build it with `cargo build --release -p zmesh-node`", bin.display());
+        bail!(
+            "{} not found: build it with `cargo build --release -p zmesh-node`",
+            bin.display()
+        );
     }
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("mesh.yaml");
     std::fs::write(&config, CONFIG)?;
-    step("1/5", &format!("starting two node proxies ({} and {}) with a development CA", NODES[0].1, NODES[1].1));
-    let nodes = Nodes(NODES.iter().map(|(name, ip)| start_node(&bin, dir.path(), &config, name, ip)).collect::<anyhow::Result<_>>()?);
+    step(
+        "1/5",
+        &format!(
+            "starting two node proxies ({} and {}) with a development CA",
+            NODES[0].1, NODES[1].1
+        ),
+    );
+    let nodes = Nodes(
+        NODES
+            .iter()
+            .map(|(name, ip)| start_node(&bin, dir.path(), &config, name, ip))
+            .collect::<anyhow::Result<_>>()?,
+    );
     for (name, ip) in NODES {
         wait_ready(name, ip, dir.path())?;
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         step("2/5", "web-1 (behind node-b) and web-2 (behind node-a) serve HTTP on :8080");
         for (name, ip) in [("web-1", "127.0.2.10"), ("web-2", "127.0.1.20")] {
@@ -144,13 +160,31 @@ fn step(n: &str, what: &str) {
     println!("[{n}] {what}");
 }
 
-fn start_node(bin: &Path, dir: &Path, config: &Path, name: &str, ip: &str) -> anyhow::Result<Child> {
+fn start_node(
+    bin: &Path,
+    dir: &Path,
+    config: &Path,
+    name: &str,
+    ip: &str,
+) -> anyhow::Result<Child> {
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     Command::new(bin)
-        .args(["--config"]).arg(config)
-        .args(["--node-name", name, "--dev-ca"]).arg(dir.join("ca"))
-        .args(["--outbound-addr", &format!("{ip}:15001"), "--socks5-addr", &format!("{ip}:15080")])
-        .args(["--admin-addr", &format!("{ip}:15000"), "--metrics-addr", &format!("{ip}:15020")])
+        .args(["--config"])
+        .arg(config)
+        .args(["--node-name", name, "--dev-ca"])
+        .arg(dir.join("ca"))
+        .args([
+            "--outbound-addr",
+            &format!("{ip}:15001"),
+            "--socks5-addr",
+            &format!("{ip}:15080"),
+        ])
+        .args([
+            "--admin-addr",
+            &format!("{ip}:15000"),
+            "--metrics-addr",
+            &format!("{ip}:15020"),
+        ])
         .args(["--readiness-addr", &format!("{ip}:15021"), "--log", "warn"])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -191,10 +225,22 @@ fn scrape(addr: &str) -> anyhow::Result<String> {
 
 /// Keeps the labels a reader cares about.
 fn shorten(line: &str) -> String {
-    let keep = ["source_principal", "destination_workload", "destination_service=", "response_flags"];
-    let Some((name, rest)) = line.split_once('{') else { return line.to_string() };
-    let Some((labels, value)) = rest.rsplit_once('}') else { return line.to_string() };
-    let kept: Vec<&str> = labels.split(',').filter(|l| keep.iter().any(|k| l.starts_with(k))).collect();
+    let keep = [
+        "source_principal",
+        "destination_workload",
+        "destination_service=",
+        "response_flags",
+    ];
+    let Some((name, rest)) = line.split_once('{') else {
+        return line.to_string();
+    };
+    let Some((labels, value)) = rest.rsplit_once('}') else {
+        return line.to_string();
+    };
+    let kept: Vec<&str> = labels
+        .split(',')
+        .filter(|l| keep.iter().any(|k| l.starts_with(k)))
+        .collect();
     format!("{name}{{{}}}{value}", kept.join(","))
 }
 
@@ -206,7 +252,10 @@ async fn http_server(name: &'static str, addr: SocketAddr) -> anyhow::Result<()>
             let mut buf = [0u8; 1024];
             let _ = s.read(&mut buf).await;
             let body = format!("hello from {name} (you are {})\n", peer.ip());
-            let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = s.write_all(resp.as_bytes()).await;
             let _ = s.shutdown().await;
         });
@@ -223,7 +272,9 @@ async fn http_get_via_socks(src: &str, dst: &str) -> anyhow::Result<String> {
     s.write_all(&[5, 1, 0]).await?;
     let mut greet = [0u8; 2];
     s.read_exact(&mut greet).await?;
-    let SocketAddr::V4(v4) = dst else { bail!("IPv4 only in the demo") };
+    let SocketAddr::V4(v4) = dst else {
+        bail!("IPv4 only in the demo")
+    };
     let mut req = vec![5, 1, 0, 1];
     req.extend_from_slice(&v4.ip().octets());
     req.extend_from_slice(&v4.port().to_be_bytes());
@@ -232,10 +283,13 @@ async fn http_get_via_socks(src: &str, dst: &str) -> anyhow::Result<String> {
     s.read_exact(&mut reply).await?;
     match reply[1] {
         0 => {}
-        2 => bail!("connection not allowed by policy (SOCKS5 reply 2; the server answered HBONE 401)"),
+        2 => bail!(
+            "connection not allowed by policy (SOCKS5 reply 2; the server answered HBONE 401)"
+        ),
         code => bail!("SOCKS5 reply {code}"),
     }
-    s.write_all(b"GET / HTTP/1.1\r\nhost: web.demo.svc.cluster.local\r\n\r\n").await?;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: web.demo.svc.cluster.local\r\n\r\n")
+        .await?;
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await??;
     Ok(out.lines().last().unwrap_or_default().to_string())

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use zmesh_state::Identity;
@@ -34,7 +34,10 @@ const BACKDATE: Duration = Duration::from_secs(300);
 #[non_exhaustive]
 pub enum CaError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error(transparent)]
@@ -52,7 +55,11 @@ pub struct LeafSpec {
 impl LeafSpec {
     pub fn for_identity(id: &Identity, ttl: Duration) -> LeafSpec {
         let now = SystemTime::now();
-        LeafSpec { uris: vec![id.to_uri()], not_before: now - BACKDATE, not_after: now + ttl }
+        LeafSpec {
+            uris: vec![id.to_uri()],
+            not_before: now - BACKDATE,
+            not_after: now + ttl,
+        }
     }
 }
 
@@ -79,15 +86,22 @@ impl DevCa {
         dn.push(DnType::CommonName, "zmesh development CA");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let now = SystemTime::now();
         params.not_before = (now - BACKDATE).into();
         params.not_after = (now + ROOT_LIFETIME).into();
         let cert = params.self_signed(&key)?;
         let root_pem = cert.pem();
         let root = cert.der().clone();
-        Ok(DevCa { root, root_pem, issuer: Issuer::new(params, key) })
+        Ok(DevCa {
+            root,
+            root_pem,
+            issuer: Issuer::new(params, key),
+        })
     }
 
     /// Loads the CA kept in `dir`, creating it on first use. Safe when several processes start
@@ -95,12 +109,20 @@ impl DevCa {
     pub fn load_or_create(dir: &Path, name: &str) -> Result<DevCa, CaError> {
         let io = |path: &Path| {
             let path = path.display().to_string();
-            move |source| CaError::Io { path: path.clone(), source }
+            move |source| CaError::Io {
+                path: path.clone(),
+                source,
+            }
         };
         fs::create_dir_all(dir).map_err(io(dir))?;
         let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
         let lock = dir.join(CA_LOCK);
-        if fs::OpenOptions::new().write(true).create_new(true).open(&lock).is_ok() {
+        if fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+            .is_ok()
+        {
             if !cert_path.exists() {
                 let ca = DevCa::generate(name)?;
                 write_private(&key_path, ca.issuer.key().serialize_pem().as_bytes())
@@ -130,7 +152,11 @@ impl DevCa {
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
         let root = rustls::pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| CertError::Parse(e.to_string()))?;
-        Ok(DevCa { root, root_pem: cert_pem.to_string(), issuer })
+        Ok(DevCa {
+            root,
+            root_pem: cert_pem.to_string(),
+            issuer,
+        })
     }
 
     pub fn root(&self) -> &CertificateDer<'static> {
@@ -156,14 +182,18 @@ impl DevCa {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         for uri in &spec.uris {
-            let uri = uri.as_str().try_into().map_err(rcgen::Error::from)?;
+            let uri = uri.as_str().try_into()?;
             params.subject_alt_names.push(SanType::URI(uri));
         }
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages =
-            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.not_before = spec.not_before.into();
         params.not_after = spec.not_after.into();
         params.serial_number = Some(SerialNumber::from_slice(&rand::random::<[u8; 16]>()));
@@ -176,7 +206,12 @@ impl DevCa {
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(data)?;
     f.sync_all()
 }
@@ -196,7 +231,9 @@ mod tests {
         assert_eq!(cert.identity, id);
         assert!(cert.not_after > SystemTime::now());
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &fs::metadata(dir.join(CA_KEY)).expect("key file").permissions(),
+            &fs::metadata(dir.join(CA_KEY))
+                .expect("key file")
+                .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
         let _ = fs::remove_dir_all(&dir);

@@ -34,7 +34,11 @@ impl Baggage {
     pub fn encode(&self) -> String {
         let wl_key = format!(
             "k8s.{}.name",
-            if self.workload_type.is_empty() { "deployment" } else { &self.workload_type }
+            if self.workload_type.is_empty() {
+                "deployment"
+            } else {
+                &self.workload_type
+            }
         );
         let entries = [
             ("k8s.cluster.name", &self.cluster),
@@ -59,7 +63,9 @@ impl Baggage {
     pub fn decode(value: &str) -> Baggage {
         let mut b = Baggage::default();
         for entry in value.split(',') {
-            let Some((k, v)) = entry.split_once('=') else { continue };
+            let Some((k, v)) = entry.split_once('=') else {
+                continue;
+            };
             let (k, v) = (k.trim(), v.trim().to_string());
             match k {
                 "k8s.cluster.name" => b.cluster = v,
@@ -183,7 +189,10 @@ mod tests {
         }
         .to_request();
         assert_eq!(req.method(), Method::CONNECT);
-        assert_eq!(req.uri().authority().map(|a| a.as_str()), Some("[fd00::5]:8080"));
+        assert_eq!(
+            req.uri().authority().map(|a| a.as_str()),
+            Some("[fd00::5]:8080")
+        );
         let h = req.headers();
         assert_eq!(
             h["forwarded"],
@@ -209,7 +218,17 @@ mod tests {
             parse_authority("Echo.demo.svc.cluster.local:8080"),
             Some(Authority::Host("echo.demo.svc.cluster.local".into(), 8080))
         );
-        for bad in ["", "10.0.0.1", ":80", "host:0", "host:99999", "ho st:80", "-a.b:1", "a..b:1", "x:y"] {
+        for bad in [
+            "",
+            "10.0.0.1",
+            ":80",
+            "host:0",
+            "host:99999",
+            "ho st:80",
+            "-a.b:1",
+            "a..b:1",
+            "x:y",
+        ] {
             assert_eq!(parse_authority(bad), None, "{bad:?} must be refused");
         }
     }

@@ -66,9 +66,15 @@ impl WorkloadCert {
         key: PrivateKeyDer<'static>,
         roots: Vec<CertificateDer<'static>>,
     ) -> Result<WorkloadCert, CertError> {
-        let leaf = chain.first().ok_or_else(|| CertError::NoCertificate("chain".into()))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| CertError::NoCertificate("chain".into()))?;
         let info = leaf_info(leaf)?;
-        let identity = info.identities.into_iter().next().ok_or(CertError::NoIdentity)?;
+        let identity = info
+            .identities
+            .into_iter()
+            .next()
+            .ok_or(CertError::NoIdentity)?;
         if roots.is_empty() {
             return Err(CertError::NoRoots);
         }
@@ -98,7 +104,10 @@ impl WorkloadCert {
 
     /// The time at which Istio's rule says to renew: half-way through the lifetime.
     pub fn refresh_at(&self) -> SystemTime {
-        let life = self.not_after.duration_since(self.not_before).unwrap_or(Duration::ZERO);
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or(Duration::ZERO);
         self.not_before + life / 2
     }
 
@@ -113,7 +122,10 @@ impl WorkloadCert {
 
     /// The leaf and intermediates as PEM (for config dumps).
     pub fn chain_pem(&self) -> Vec<String> {
-        self.chain.iter().map(|c| to_pem("CERTIFICATE", c)).collect()
+        self.chain
+            .iter()
+            .map(|c| to_pem("CERTIFICATE", c))
+            .collect()
     }
 }
 
@@ -130,7 +142,10 @@ pub fn leaf_info(cert: &CertificateDer<'_>) -> Result<LeafInfo, CertError> {
     let (_, x509) =
         x509_parser::parse_x509_certificate(cert).map_err(|e| CertError::Parse(e.to_string()))?;
     let mut identities = Vec::new();
-    if let Some(san) = x509.subject_alternative_name().map_err(|e| CertError::Parse(e.to_string()))? {
+    if let Some(san) = x509
+        .subject_alternative_name()
+        .map_err(|e| CertError::Parse(e.to_string()))?
+    {
         for name in &san.value.general_names {
             if let GeneralName::URI(uri) = name
                 && let Ok(id) = Identity::parse(uri)
@@ -199,8 +214,10 @@ pub fn server_config(cert: &WorkloadCert) -> Result<Arc<ServerConfig>, CertError
     let inner = WebPkiClientVerifier::builder_with_provider(cert.root_store(), provider())
         .build()
         .map_err(|e| CertError::Parse(e.to_string()))?;
-    let verifier =
-        Arc::new(TrustDomainVerifier { inner, trust_domain: cert.identity.trust_domain.clone() });
+    let verifier = Arc::new(TrustDomainVerifier {
+        inner,
+        trust_domain: cert.identity.trust_domain.clone(),
+    });
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -216,7 +233,10 @@ pub fn client_config(
     cert: &WorkloadCert,
     expected: Vec<Identity>,
 ) -> Result<Arc<ClientConfig>, CertError> {
-    let verifier = Arc::new(IdentityVerifier { roots: cert.root_store(), expected });
+    let verifier = Arc::new(IdentityVerifier {
+        roots: cert.root_store(),
+        expected,
+    });
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -334,7 +354,8 @@ impl ClientCertVerifier for TrustDomainVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         let found = peer_identities(Some(std::slice::from_ref(end_entity)));
         if found.iter().any(|id| id.trust_domain == self.trust_domain) {
             return Ok(ClientCertVerified::assertion());
