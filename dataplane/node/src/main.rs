@@ -34,6 +34,7 @@ use crate::state::{CertSource, NodeState};
 fn main() {
     let args = Args::parse();
     init_logging(&args.log);
+    raise_nofile_limit();
     if let Err(e) = run(args) {
         eprintln!("zmesh-node: {e:#}");
         std::process::exit(1);
@@ -44,6 +45,16 @@ fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Raises the soft open-files limit to the hard limit before anything is bound, as ztunnel
+/// does: every proxied connection holds two descriptors, and the usual soft limit of 1024 would
+/// cap a node at a few hundred connections long before `--max-connections`.
+fn raise_nofile_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -157,7 +168,7 @@ fn cert_source(args: &Args) -> anyhow::Result<CertSource> {
     match (&args.dev_ca, &args.cert_dir) {
         (Some(dir), _) => {
             let ca = DevCa::load_or_create(dir, "zmesh").map_err(|e| anyhow::anyhow!("dev CA in {}: {e}", dir.display()))?;
-            Ok(CertSource::Dev { ca, ttl: args.cert_ttl })
+            Ok(CertSource::Dev { ca: Box::new(ca), ttl: args.cert_ttl })
         }
         (None, Some(dir)) => Ok(CertSource::Dir(dir.clone())),
         (None, None) => anyhow::bail!("no certificates: pass --dev-ca DIR or --cert-dir DIR"),

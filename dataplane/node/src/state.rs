@@ -53,7 +53,7 @@ pub type SharedState = Arc<ArcSwap<NodeState>>;
 /// Where certificates come from.
 #[derive(Debug)]
 pub enum CertSource {
-    Dev { ca: DevCa, ttl: Duration },
+    Dev { ca: Box<DevCa>, ttl: Duration },
     Dir(std::path::PathBuf),
 }
 
