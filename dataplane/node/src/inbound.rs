@@ -154,7 +154,14 @@ async fn connect_stream(shard: ShardRef, pc: Rc<PeerConn>, req: Request<h2::Recv
     let checked = check_connect(&state, &pc, &req);
     let checked = match checked {
         Ok((w, target)) => {
-            telemetry::set_destination(&mut labels, Some(&w), None, &state.cluster_id);
+            // The service the client addressed, when it says so in `forwarded: …;host=`.
+            let svc = req
+                .headers()
+                .get("forwarded")
+                .and_then(|v| v.to_str().ok())
+                .and_then(telemetry::forwarded_host)
+                .and_then(|h| state.mesh.services().find(|s| s.hostname == h));
+            telemetry::set_destination(&mut labels, Some(&w), svc.map(|s| &**s), &state.cluster_id);
             authorize(&state, &w, pc.peer, pc.identity.as_ref(), target).map(|()| (w, target))
         }
         Err(r) => Err(r),

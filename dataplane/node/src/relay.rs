@@ -74,7 +74,7 @@ async fn socket_to_stream<R: AsyncRead + Unpin>(
         buf.reserve(READ_CHUNK);
         let n = r.read_buf(&mut buf).await?;
         if n == 0 {
-            send.send_reset(h2::Reason::CANCEL);
+            send.send_data(Bytes::new(), true).map_err(h2_io)?;
             return Ok(total);
         }
         total += n as u64;

@@ -68,6 +68,16 @@ pub fn set_destination(l: &mut TrafficLabels, w: Option<&Workload>, svc: Option<
     }
 }
 
+/// The `host=` parameter of a `forwarded` header (the service hostname the client used).
+pub fn forwarded_host(value: &str) -> Option<&str> {
+    value
+        .split([';', ','])
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.trim_matches('"'))
+        .filter(|v| !v.is_empty())
+}
+
 /// The `baggage` a workload sends about itself.
 pub fn baggage(w: &Workload, cluster: &str) -> Baggage {
     let (svc, rev) = canonical(w);
@@ -108,5 +118,20 @@ pub fn access_log(
             duration_ms = duration.as_millis() as u64, flags = l.response_flags, error = %e,
             "connection failed"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_host;
+
+    #[test]
+    fn forwarded_host_parameter() {
+        assert_eq!(
+            forwarded_host("for=\"10.0.0.5:41234\";host=echo.default.svc.cluster.local"),
+            Some("echo.default.svc.cluster.local")
+        );
+        assert_eq!(forwarded_host("for=\"[::1]:80\""), None);
+        assert_eq!(forwarded_host("host=\"\""), None);
     }
 }
