@@ -60,6 +60,12 @@ pub struct Args {
     #[arg(long, env = "ZMESH_DRIVER", value_name = "DRIVER")]
     pub driver: Option<DriverKind>,
 
+    /// io_uring only: send writes of at least this many bytes with SendZc (zero-copy send)
+    /// instead of Send. Off by default: on loopback and veth the kernel copies anyway and the
+    /// extra notification costs more than it saves; worth trying on real NICs.
+    #[arg(long, env = "ZMESH_SEND_ZC_THRESHOLD", value_name = "BYTES")]
+    pub send_zc_threshold: Option<usize>,
+
     /// Do not pin shard threads to cores.
     #[arg(long, env = "ZMESH_NO_PIN")]
     pub no_pin: bool,

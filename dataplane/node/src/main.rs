@@ -115,7 +115,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         let spec = ShardSpec {
             id,
             core: (!args.no_pin).then(|| cores.get(id % cores.len().max(1)).copied()).flatten(),
-            runtime: RuntimeConfig { driver, ..RuntimeConfig::default() },
+            runtime: RuntimeConfig {
+                driver,
+                send_zc_threshold: args.send_zc_threshold,
+                ..RuntimeConfig::default()
+            },
             state: shared.clone(),
             settings: settings.clone(),
             metrics: shard_metrics,

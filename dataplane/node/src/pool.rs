@@ -46,7 +46,7 @@ impl PooledConn {
     }
 
     fn limit(&self) -> usize {
-        settings::CLIENT_MAX_STREAMS.min(self.send.current_max_send_streams().max(1))
+        10usize.min(self.send.current_max_send_streams().max(1))
     }
 
     fn usable(&self) -> bool {

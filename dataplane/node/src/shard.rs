@@ -20,6 +20,9 @@ use crate::sockets::UpstreamOpts;
 use crate::state::SharedState;
 use crate::{inbound, outbound};
 
+/// How long a stopping shard waits for open connections (Istio's termination deadline).
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Settings every shard shares (read-only).
 #[derive(Debug)]
 pub struct ProxySettings {
@@ -210,7 +213,15 @@ fn run(rt: Runtime, spec: ShardSpec) {
                 Command::Stop => break,
             }
         }
+        // Stop accepting, then give open connections a grace period to finish.
         drop(tasks);
+        let deadline = Instant::now() + DRAIN_DEADLINE;
+        while shard.open.get() > 0 && Instant::now() < deadline {
+            zmesh_rt::sleep(Duration::from_millis(20)).await;
+        }
+        if shard.open.get() > 0 {
+            tracing::info!(shard = id, open = shard.open.get(), "closing connections at the drain deadline");
+        }
     });
 }
 
