@@ -74,6 +74,11 @@ pub struct LoopbackArgs {
     #[arg(long, value_enum, value_name = "DRIVER")]
     pub driver: Option<Driver>,
 
+    /// An extra argument for both zmesh-node processes, repeatable: e.g. `--node-arg=--no-pin`
+    /// to let the kernel place the shard threads instead of pinning shard i to core i.
+    #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
+    pub node_arg: Vec<String>,
+
     /// Directory for the JSON file with every raw run record; created if missing.
     #[arg(long, default_value = "perf/results", value_name = "DIR")]
     pub out: PathBuf,
@@ -131,13 +136,18 @@ pub struct Settings {
     pub size: usize,
     pub node_bin: PathBuf,
     pub driver: Option<String>,
+    pub node_args: Vec<String>,
     pub out: PathBuf,
 }
 
 impl LoopbackArgs {
     /// Applies --quick and the defaults, and finds the node binary (an error if missing).
     pub fn settings(&self) -> anyhow::Result<Settings> {
-        let duration = self.duration.unwrap_or(if self.quick { QUICK_DURATION } else { DEFAULT_DURATION });
+        let duration = self.duration.unwrap_or(if self.quick {
+            QUICK_DURATION
+        } else {
+            DEFAULT_DURATION
+        });
         let repeat = self.repeat.unwrap_or(if self.quick { 1 } else { 3 });
         let node_bin = match &self.node_bin {
             Some(p) => p.clone(),
@@ -148,7 +158,10 @@ impl LoopbackArgs {
             "zmesh-node binary {} not found: build it with `cargo build --release -p zmesh-node`, or pass --node-bin",
             node_bin.display()
         );
-        anyhow::ensure!(!self.connections.is_empty(), "--connections needs at least one count");
+        anyhow::ensure!(
+            !self.connections.is_empty(),
+            "--connections needs at least one count"
+        );
         Ok(Settings {
             duration_s: duration.as_secs_f64(),
             warmup_s: self.warmup.as_secs_f64(),
@@ -160,6 +173,7 @@ impl LoopbackArgs {
             size: self.size,
             node_bin,
             driver: self.driver.map(|d| d.flag().to_string()),
+            node_args: self.node_arg.clone(),
             out: self.out.clone(),
         })
     }
@@ -170,16 +184,22 @@ const QUICK_DURATION: Duration = Duration::from_secs(3);
 
 fn default_node_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().ok_or_else(|| anyhow::anyhow!("{} has no parent directory", exe.display()))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("{} has no parent directory", exe.display()))?;
     Ok(dir.join("zmesh-node"))
 }
 
 /// "250ms", "10s", "5m", or a number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 10s, 500ms, 1m"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms, 1m"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1e3,
@@ -201,7 +221,10 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
-    let r: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of requests per second"))?;
+    let r: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of requests per second"))?;
     if !r.is_finite() || r <= 0.0 {
         return Err(format!("{s:?}: the rate must be greater than zero"));
     }
@@ -212,17 +235,27 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 fn parse_count(s: &str) -> Result<usize, String> {
-    let n: usize = s.trim().parse().map_err(|_| format!("{s:?} is not a whole number"))?;
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number"))?;
     if !(1..=4096).contains(&n) {
-        return Err(format!("{s:?}: a connection count must be between 1 and 4096"));
+        return Err(format!(
+            "{s:?}: a connection count must be between 1 and 4096"
+        ));
     }
     Ok(n)
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
-    let n: usize = s.trim().parse().map_err(|_| format!("{s:?} is not a whole number of bytes"))?;
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of bytes"))?;
     if !(1..=(1 << 20)).contains(&n) {
-        return Err(format!("{s:?}: the size must be between 1 and 1048576 bytes"));
+        return Err(format!(
+            "{s:?}: the size must be between 1 and 1048576 bytes"
+        ));
     }
     Ok(n)
 }
@@ -239,14 +272,19 @@ mod tests {
 
     #[test]
     fn defaults_and_quick() {
-        let Cli { command: Command::Loopback(a) } = Cli::try_parse_from(["zmesh-perf", "loopback"]).expect("parse") else {
+        let Cli {
+            command: Command::Loopback(a),
+        } = Cli::try_parse_from(["zmesh-perf", "loopback"]).expect("parse")
+        else {
             panic!("loopback expected")
         };
         assert_eq!(a.connections, vec![1, 8]);
         assert_eq!(a.rate, 1000.0);
         assert_eq!((a.duration, a.repeat, a.quick), (None, None, false));
-        let Cli { command: Command::Loopback(q) } =
-            Cli::try_parse_from(["zmesh-perf", "loopback", "--quick", "--node-bin", "/bin/sh"]).expect("parse")
+        let Cli {
+            command: Command::Loopback(q),
+        } = Cli::try_parse_from(["zmesh-perf", "loopback", "--quick", "--node-bin", "/bin/sh"])
+            .expect("parse")
         else {
             panic!("loopback expected")
         };
@@ -266,15 +304,24 @@ mod tests {
             &["--repeat", "0"],
             &["--size", "0"],
         ] {
-            let args = ["zmesh-perf", "loopback"].into_iter().chain(bad.iter().copied());
+            let args = ["zmesh-perf", "loopback"]
+                .into_iter()
+                .chain(bad.iter().copied());
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn missing_node_binary_is_an_error() {
-        let Cli { command: Command::Loopback(a) } =
-            Cli::try_parse_from(["zmesh-perf", "loopback", "--node-bin", "/nonexistent/zmesh-node"]).expect("parse")
+        let Cli {
+            command: Command::Loopback(a),
+        } = Cli::try_parse_from([
+            "zmesh-perf",
+            "loopback",
+            "--node-bin",
+            "/nonexistent/zmesh-node",
+        ])
+        .expect("parse")
         else {
             panic!("loopback expected")
         };

@@ -16,8 +16,14 @@ use anyhow::Context;
 pub fn clk_tck() -> f64 {
     static TCK: OnceLock<f64> = OnceLock::new();
     *TCK.get_or_init(|| {
-        let out = std::process::Command::new("getconf").arg("CLK_TCK").output();
-        match out.ok().and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse::<f64>().ok()) {
+        let out = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output();
+        match out
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+        {
             Some(t) if t > 0.0 => t,
             _ => {
                 // USER_HZ is 100 on every Linux architecture we run on; getconf only confirms it.
@@ -30,18 +36,26 @@ pub fn clk_tck() -> f64 {
 
 /// utime + stime of a process (all its threads), in ticks.
 pub fn process_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
     parse_process_ticks(&stat).with_context(|| format!("parsing /proc/{pid}/stat"))
 }
 
 /// Fields 14 and 15 of /proc/<pid>/stat. The command name (field 2) may hold spaces and
 /// parentheses, so fields are counted from the last ')'.
 fn parse_process_ticks(stat: &str) -> anyhow::Result<u64> {
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("no ')' after the command name")?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("no ')' after the command name")?;
     // `rest` starts at field 3 (state): field N is at index N - 3.
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let field = |n: usize| -> anyhow::Result<u64> {
-        fields.get(n - 3).with_context(|| format!("field {n} missing"))?.parse().with_context(|| format!("field {n}"))
+        fields
+            .get(n - 3)
+            .with_context(|| format!("field {n} missing"))?
+            .parse()
+            .with_context(|| format!("field {n}"))
     };
     Ok(field(14)? + field(15)?)
 }
@@ -59,12 +73,21 @@ pub fn machine_ticks() -> anyhow::Result<MachineTicks> {
 }
 
 fn parse_machine_ticks(stat: &str) -> anyhow::Result<MachineTicks> {
-    let line = stat.lines().find(|l| l.starts_with("cpu ")).context("no cpu line")?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>()?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
     anyhow::ensure!(v.len() >= 8, "cpu line has {} fields", v.len());
     // user nice system idle iowait irq softirq steal [guest guest_nice]; guest time is already
     // counted in user and nice.
-    Ok(MachineTicks { busy: v[0] + v[1] + v[2] + v[5] + v[6] + v[7] })
+    Ok(MachineTicks {
+        busy: v[0] + v[1] + v[2] + v[5] + v[6] + v[7],
+    })
 }
 
 /// Resident and peak resident memory, KiB.
@@ -75,12 +98,19 @@ pub struct Memory {
 }
 
 pub fn memory(pid: u32) -> anyhow::Result<Memory> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
     let kib = |key: &str| -> anyhow::Result<u64> {
-        let v = status.lines().find_map(|l| l.strip_prefix(key)).with_context(|| format!("{key} missing"))?;
+        let v = status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .with_context(|| format!("{key} missing"))?;
         Ok(v.split_whitespace().next().context("empty")?.parse()?)
     };
-    Ok(Memory { vm_rss_kib: kib("VmRSS:")?, vm_hwm_kib: kib("VmHWM:")? })
+    Ok(Memory {
+        vm_rss_kib: kib("VmRSS:")?,
+        vm_hwm_kib: kib("VmHWM:")?,
+    })
 }
 
 /// CPU counters at one instant: the measured processes, ourselves, and the machine.
@@ -98,7 +128,12 @@ impl CpuSnapshot {
         for &pid in pids {
             procs += process_ticks(pid)?;
         }
-        Ok(CpuSnapshot { at: Instant::now(), procs, own: process_ticks(std::process::id())?, machine: machine_ticks()? })
+        Ok(CpuSnapshot {
+            at: Instant::now(),
+            procs,
+            own: process_ticks(std::process::id())?,
+            machine: machine_ticks()?,
+        })
     }
 }
 
@@ -144,7 +179,11 @@ impl Proc {
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
-            Ok(Some(status)) => anyhow::bail!("{} exited ({status}); last log lines:\n{}", self.name, self.log_tail(30)),
+            Ok(Some(status)) => anyhow::bail!(
+                "{} exited ({status}); last log lines:\n{}",
+                self.name,
+                self.log_tail(30)
+            ),
             Err(e) => anyhow::bail!("{}: waiting for it failed: {e}", self.name),
         }
     }
@@ -187,7 +226,8 @@ mod tests {
 
     #[test]
     fn process_stat_fields() {
-        let stat = "4242 (zmesh (node) a) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 567 0 0 20 0 3 0";
+        let stat =
+            "4242 (zmesh (node) a) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 567 0 0 20 0 3 0";
         assert_eq!(parse_process_ticks(stat).expect("parse"), 1234 + 567);
         assert!(parse_process_ticks("4242 zmesh S 1").is_err());
     }
@@ -195,7 +235,10 @@ mod tests {
     #[test]
     fn machine_stat_line() {
         let stat = "cpu  100 5 50 1000 7 3 2 1 9 0\ncpu0 50 2 25 500 3 1 1 0 0 0\n";
-        assert_eq!(parse_machine_ticks(stat).expect("parse").busy, 100 + 5 + 50 + 3 + 2 + 1);
+        assert_eq!(
+            parse_machine_ticks(stat).expect("parse").busy,
+            100 + 5 + 50 + 3 + 2 + 1
+        );
     }
 
     #[test]

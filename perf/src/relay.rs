@@ -10,9 +10,14 @@ use crate::cli::RelayArgs;
 
 /// Runs the relay until killed. Prints `listening <addr>` on stdout once accepting.
 pub fn run(args: &RelayArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads as usize).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads as usize)
+        .enable_all()
+        .build()?;
     rt.block_on(async {
-        let listener = TcpListener::bind(args.listen).await.map_err(|e| anyhow::anyhow!("binding {}: {e}", args.listen))?;
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {}: {e}", args.listen))?;
         println!("listening {}", listener.local_addr()?);
         std::io::stdout().flush()?;
         loop {
@@ -23,7 +28,9 @@ pub fn run(args: &RelayArgs) -> anyhow::Result<()> {
 }
 
 async fn relay(mut down: TcpStream, upstream: std::net::SocketAddr) {
-    let Ok(mut up) = TcpStream::connect(upstream).await else { return };
+    let Ok(mut up) = TcpStream::connect(upstream).await else {
+        return;
+    };
     let _ = down.set_nodelay(true);
     let _ = up.set_nodelay(true);
     // A reset from either side ends the relay; there is no one to report it to.

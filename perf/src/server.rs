@@ -67,12 +67,16 @@ impl ServerStats {
 
 /// Binds `addr` and serves it on the current runtime until the runtime stops.
 pub async fn start(addr: SocketAddr) -> anyhow::Result<Arc<ServerStats>> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding the server on {addr}: {e}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the server on {addr}: {e}"))?;
     let stats = Arc::new(ServerStats::default());
     let s = stats.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((conn, _)) = listener.accept().await else { continue };
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
             let stats = s.clone();
             stats.open.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
@@ -94,7 +98,10 @@ async fn serve(mut conn: TcpStream, stats: &ServerStats) -> std::io::Result<()> 
     } else if mode[0] == Mode::Echo.byte() {
         echo(conn).await
     } else {
-        Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "unknown mode byte"))
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "unknown mode byte",
+        ))
     }
 }
 

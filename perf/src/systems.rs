@@ -48,7 +48,6 @@ impl System {
 /// Where a client connects for one system.
 #[derive(Clone, Copy, Debug)]
 pub struct Target {
-    pub system: System,
     /// The address the client's TCP connection goes to.
     pub addr: SocketAddr,
     /// Whether a SOCKS5 CONNECT to [`SERVER`] must be done first.
@@ -58,9 +57,18 @@ pub struct Target {
 impl Target {
     pub fn of(system: System) -> Target {
         match system {
-            System::Direct => Target { system, addr: SERVER, socks5: false },
-            System::Relay => Target { system, addr: RELAY, socks5: false },
-            System::Zmesh => Target { system, addr: crate::zmesh::SOCKS5_A, socks5: true },
+            System::Direct => Target {
+                addr: SERVER,
+                socks5: false,
+            },
+            System::Relay => Target {
+                addr: RELAY,
+                socks5: false,
+            },
+            System::Zmesh => Target {
+                addr: crate::zmesh::SOCKS5_A,
+                socks5: true,
+            },
         }
     }
 }
@@ -81,13 +89,18 @@ pub async fn connect(t: Target, mode: Mode) -> io::Result<TcpStream> {
 /// SOCKS5 without authentication: greeting, then CONNECT to an IPv4 address.
 async fn socks5_connect(s: &mut TcpStream, dst: SocketAddr) -> io::Result<()> {
     let SocketAddr::V4(dst) = dst else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "SOCKS5 target must be IPv4"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "SOCKS5 target must be IPv4",
+        ));
     };
     s.write_all(&[5, 1, 0]).await?;
     let mut greet = [0u8; 2];
     s.read_exact(&mut greet).await?;
     if greet != [5, 0] {
-        return Err(io::Error::other(format!("SOCKS5 greeting refused: {greet:?}")));
+        return Err(io::Error::other(format!(
+            "SOCKS5 greeting refused: {greet:?}"
+        )));
     }
     let mut req = vec![5, 1, 0, 1];
     req.extend_from_slice(&dst.ip().octets());
@@ -96,7 +109,10 @@ async fn socks5_connect(s: &mut TcpStream, dst: SocketAddr) -> io::Result<()> {
     let mut reply = [0u8; 10];
     s.read_exact(&mut reply).await?;
     if reply[1] != 0 {
-        return Err(io::Error::other(format!("SOCKS5 CONNECT to {dst} failed with reply code {}", reply[1])));
+        return Err(io::Error::other(format!(
+            "SOCKS5 CONNECT to {dst} failed with reply code {}",
+            reply[1]
+        )));
     }
     Ok(())
 }
@@ -107,7 +123,13 @@ pub fn spawn_relay(threads: u32, log_dir: &std::path::Path) -> anyhow::Result<Pr
     let log = log_dir.join("relay.log");
     let (_, err) = log_file(&log)?;
     let mut child = Command::new(&exe)
-        .args(["relay", "--listen", &RELAY.to_string(), "--upstream", &SERVER.to_string()])
+        .args([
+            "relay",
+            "--listen",
+            &RELAY.to_string(),
+            "--upstream",
+            &SERVER.to_string(),
+        ])
         .args(["--threads", &threads.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -115,9 +137,17 @@ pub fn spawn_relay(threads: u32, log_dir: &std::path::Path) -> anyhow::Result<Pr
         .spawn()
         .with_context(|| format!("starting {} relay", exe.display()))?;
     let out = child.stdout.take().context("relay stdout")?;
-    let mut proc = Proc { name: "relay".into(), child, log };
+    let mut proc = Proc {
+        name: "relay".into(),
+        child,
+        log,
+    };
     let line = first_line(out)?;
     proc.check_alive()?;
-    anyhow::ensure!(line.starts_with("listening"), "relay did not start: {line:?}\n{}", proc.log_tail(10));
+    anyhow::ensure!(
+        line.starts_with("listening"),
+        "relay did not start: {line:?}\n{}",
+        proc.log_tail(10)
+    );
     Ok(proc)
 }

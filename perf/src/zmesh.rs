@@ -51,13 +51,20 @@ impl Nodes {
         let config = dir.path().join("mesh.yaml");
         std::fs::write(&config, CONFIG)?;
         let mut procs = Vec::new();
-        for (name, ip) in [("node-a", Ipv4Addr::new(127, 0, 1, 1)), ("node-b", Ipv4Addr::new(127, 0, 2, 1))] {
+        for (name, ip) in [
+            ("node-a", Ipv4Addr::new(127, 0, 1, 1)),
+            ("node-b", Ipv4Addr::new(127, 0, 2, 1)),
+        ] {
             procs.push(spawn(s, dir.path(), name, ip)?);
         }
-        for (p, ip) in procs.iter_mut().zip([Ipv4Addr::new(127, 0, 1, 1), Ipv4Addr::new(127, 0, 2, 1)]) {
+        for (p, ip) in procs
+            .iter_mut()
+            .zip([Ipv4Addr::new(127, 0, 1, 1), Ipv4Addr::new(127, 0, 2, 1)])
+        {
             wait_ready(p, SocketAddr::new(ip.into(), 15021))?;
         }
-        let driver = driver_of(SocketAddr::new(Ipv4Addr::new(127, 0, 1, 1).into(), 15000)).unwrap_or_else(|e| format!("unknown ({e})"));
+        let driver = driver_of(SocketAddr::new(Ipv4Addr::new(127, 0, 1, 1).into(), 15000))
+            .unwrap_or_else(|e| format!("unknown ({e})"));
         Ok(Nodes { procs, driver, dir })
     }
 
@@ -90,6 +97,7 @@ fn spawn(s: &Settings, dir: &std::path::Path, name: &str, ip: Ipv4Addr) -> anyho
     ] {
         cmd.arg(flag).arg(format!("{ip}:{port}"));
     }
+    cmd.args(&s.node_args);
     // Plain log lines, so WARN and ERROR can be counted.
     cmd.env("NO_COLOR", "1");
     let child = cmd
@@ -98,18 +106,27 @@ fn spawn(s: &Settings, dir: &std::path::Path, name: &str, ip: Ipv4Addr) -> anyho
         .stderr(err)
         .spawn()
         .with_context(|| format!("starting {} as {name}", s.node_bin.display()))?;
-    Ok(Proc { name: name.to_string(), child, log })
+    Ok(Proc {
+        name: name.to_string(),
+        child,
+        log,
+    })
 }
 
 fn wait_ready(p: &mut Proc, addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        p.check_alive().context("zmesh-node exited during start-up")?;
+        p.check_alive()
+            .context("zmesh-node exited during start-up")?;
         if let Ok((200, _)) = http_get(addr, "/healthz/ready") {
             return Ok(());
         }
         if Instant::now() > deadline {
-            anyhow::bail!("{} not ready on {addr} after {READY_TIMEOUT:?}; last log lines:\n{}", p.name, p.log_tail(30));
+            anyhow::bail!(
+                "{} not ready on {addr} after {READY_TIMEOUT:?}; last log lines:\n{}",
+                p.name,
+                p.log_tail(30)
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -119,7 +136,10 @@ fn driver_of(admin: SocketAddr) -> anyhow::Result<String> {
     let (status, body) = http_get(admin, "/config_dump")?;
     anyhow::ensure!(status == 200, "config_dump status {status}");
     let v: serde_json::Value = serde_json::from_str(&body)?;
-    Ok(v["driver"].as_str().context("no driver in config_dump")?.to_string())
+    Ok(v["driver"]
+        .as_str()
+        .context("no driver in config_dump")?
+        .to_string())
 }
 
 /// A tiny blocking HTTP/1.0 GET: (status, body).
@@ -129,8 +149,15 @@ fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 

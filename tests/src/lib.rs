@@ -20,7 +20,11 @@ pub fn node_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join("zmesh-node");
-    assert!(bin.exists(), "{} is missing: build it first (cargo build -p zmesh-node, or cargo test --workspace)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p zmesh-node, or cargo test --workspace)",
+        bin.display()
+    );
     bin
 }
 
@@ -90,7 +94,8 @@ impl Node {
 
     /// Resident memory in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -148,7 +153,11 @@ pub struct NodeOpts {
 
 impl NodeOpts {
     pub fn new(driver: Driver) -> NodeOpts {
-        NodeOpts { driver, shards: 2, extra: Vec::new() }
+        NodeOpts {
+            driver,
+            shards: 2,
+            extra: Vec::new(),
+        }
     }
 
     pub fn arg(mut self, a: impl Into<String>) -> NodeOpts {
@@ -164,9 +173,15 @@ impl Mesh {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("mesh.yaml");
         std::fs::write(&config, with_id(yaml, test_id)).expect("write config");
-        let mut mesh = Mesh { test_id, dir, nodes: Vec::new() };
+        let mut mesh = Mesh {
+            test_id,
+            dir,
+            nodes: Vec::new(),
+        };
         for (i, name) in nodes.iter().enumerate() {
-            let ip: IpAddr = format!("127.{test_id}.{}.1", i + 1).parse().expect("node ip");
+            let ip: IpAddr = format!("127.{test_id}.{}.1", i + 1)
+                .parse()
+                .expect("node ip");
             let node = mesh.spawn_node(name, ip, &config, opts);
             mesh.nodes.push(node);
         }
@@ -181,33 +196,55 @@ impl Mesh {
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = Command::new(node_bin())
-            .arg("--config").arg(config)
-            .arg("--node-name").arg(name)
-            .arg("--dev-ca").arg(self.dir.path().join("ca"))
-            .arg("--driver").arg(opts.driver.flag())
-            .arg("--shards").arg(opts.shards.to_string())
+            .arg("--config")
+            .arg(config)
+            .arg("--node-name")
+            .arg(name)
+            .arg("--dev-ca")
+            .arg(self.dir.path().join("ca"))
+            .arg("--driver")
+            .arg(opts.driver.flag())
+            .arg("--shards")
+            .arg(opts.shards.to_string())
             .arg("--no-pin")
-            .arg("--outbound-addr").arg(format!("{ip}:15001"))
-            .arg("--socks5-addr").arg(format!("{ip}:15080"))
-            .arg("--admin-addr").arg(format!("{ip}:15000"))
-            .arg("--metrics-addr").arg(format!("{ip}:15020"))
-            .arg("--readiness-addr").arg(format!("{ip}:15021"))
-            .arg("--log").arg("info,access=debug")
+            .arg("--outbound-addr")
+            .arg(format!("{ip}:15001"))
+            .arg("--socks5-addr")
+            .arg(format!("{ip}:15080"))
+            .arg("--admin-addr")
+            .arg(format!("{ip}:15000"))
+            .arg("--metrics-addr")
+            .arg(format!("{ip}:15020"))
+            .arg("--readiness-addr")
+            .arg(format!("{ip}:15021"))
+            .arg("--log")
+            .arg("info,access=debug")
             .args(&opts.extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .expect("spawn zmesh-node");
-        Node { name: name.to_string(), ip, child, log }
+        Node {
+            name: name.to_string(),
+            ip,
+            child,
+            log,
+        }
     }
 
     pub fn node(&self, name: &str) -> &Node {
-        self.nodes.iter().find(|n| n.name == name).expect("node by name")
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .expect("node by name")
     }
 
     pub fn node_mut(&mut self, name: &str) -> &mut Node {
-        self.nodes.iter_mut().find(|n| n.name == name).expect("node by name")
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .expect("node by name")
     }
 
     /// An IP in this test's range: `127.T.a.b`.
@@ -227,7 +264,12 @@ fn wait_ready(n: &Node) {
         if let Ok((200, _)) = http_get(n.readiness(), "/healthz/ready") {
             return;
         }
-        assert!(Instant::now() < deadline, "node {} not ready in 20s; log:\n{}", n.name, n.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "node {} not ready in 20s; log:\n{}",
+            n.name,
+            n.log_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -239,16 +281,33 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 /// SOCKS5 CONNECT through `proxy` from source address `src` to `dst`. Returns the stream
 /// after a success reply, or the reply code as the error.
-pub async fn socks5_connect(proxy: SocketAddr, src: IpAddr, dst: SocketAddr) -> Result<TcpStream, Socks5Failure> {
-    let sock = if proxy.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(Socks5Failure::Io)?;
-    sock.bind(SocketAddr::new(src, 0)).map_err(Socks5Failure::Io)?;
+pub async fn socks5_connect(
+    proxy: SocketAddr,
+    src: IpAddr,
+    dst: SocketAddr,
+) -> Result<TcpStream, Socks5Failure> {
+    let sock = if proxy.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(Socks5Failure::Io)?;
+    sock.bind(SocketAddr::new(src, 0))
+        .map_err(Socks5Failure::Io)?;
     let mut s = sock.connect(proxy).await.map_err(Socks5Failure::Io)?;
     s.set_nodelay(true).map_err(Socks5Failure::Io)?;
     s.write_all(&[5, 1, 0]).await.map_err(Socks5Failure::Io)?;
@@ -285,10 +344,14 @@ pub enum Socks5Failure {
 
 /// An echo server: every accepted connection gets its bytes back, then a half-close.
 pub async fn echo_server(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
-    let l = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind echo {addr}: {e}"));
+    let l = TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind echo {addr}: {e}"));
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let (mut r, mut w) = s.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -372,7 +435,13 @@ pub async fn within<F: std::future::Future>(what: &str, limit: Duration, f: F) -
 impl Node {
     /// Polls `metric(name, labels)` until `done` holds for it or `limit` passes; returns the
     /// last value (the caller asserts on it, so a miss shows the value seen).
-    pub async fn wait_metric(&self, name: &str, labels: &[&str], limit: Duration, done: impl Fn(f64) -> bool) -> f64 {
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[&str],
+        limit: Duration,
+        done: impl Fn(f64) -> bool,
+    ) -> f64 {
         let deadline = Instant::now() + limit;
         loop {
             let v = self.metric(name, labels);
@@ -388,14 +457,21 @@ impl Node {
 /// test can tell whether a refused connection reached the app at all.
 pub async fn echo_server_counted(
     addr: SocketAddr,
-) -> (tokio::task::JoinHandle<()>, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let l = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind echo {addr}: {e}"));
+    let l = TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind echo {addr}: {e}"));
     let accepted = std::sync::Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let (mut r, mut w) = s.split();
@@ -412,7 +488,11 @@ const PATTERN_CHUNK: usize = 256 << 10;
 
 /// Writes the next `n` bytes of `p` (a multiple of 8 unless it is the last write, so that
 /// the stream continues seamlessly across calls).
-pub async fn write_pattern<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, p: &mut Pattern, n: u64) -> std::io::Result<()> {
+pub async fn write_pattern<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    p: &mut Pattern,
+    n: u64,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; PATTERN_CHUNK.min(n as usize)];
     let mut left = n;
     while left > 0 {
@@ -427,7 +507,10 @@ pub async fn write_pattern<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, p: &mut 
 /// Reads until EOF, checking every byte against `Pattern::new(seed)`; returns the count.
 /// Panics at the first wrong byte. (The pattern is the same whatever the write sizes, as
 /// long as each write but the last is a multiple of 8 bytes.)
-pub async fn read_pattern<R: tokio::io::AsyncRead + Unpin>(r: &mut R, seed: u64) -> std::io::Result<u64> {
+pub async fn read_pattern<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    seed: u64,
+) -> std::io::Result<u64> {
     // Small buffers: a thousand of these may run at once.
     let mut p = Pattern::new(seed);
     let mut buf = vec![0u8; 32 << 10];
@@ -462,4 +545,39 @@ pub async fn echo_roundtrip_small(stream: TcpStream, total: u64, seed: u64) -> u
     let got = read_pattern(&mut r, seed).await.expect("read");
     writer.await.expect("writer task");
     got
+}
+
+/// SOCKS5 CONNECT to a host name (address type 3), as `curl --socks5-hostname` sends it.
+/// Returns the stream after a success reply, or the reply code as the error.
+pub async fn socks5_connect_host(
+    proxy: SocketAddr,
+    src: IpAddr,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, Socks5Failure> {
+    let sock = if proxy.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(Socks5Failure::Io)?;
+    sock.bind(SocketAddr::new(src, 0))
+        .map_err(Socks5Failure::Io)?;
+    let mut s = sock.connect(proxy).await.map_err(Socks5Failure::Io)?;
+    s.set_nodelay(true).map_err(Socks5Failure::Io)?;
+    s.write_all(&[5, 1, 0]).await.map_err(Socks5Failure::Io)?;
+    let mut greet = [0u8; 2];
+    s.read_exact(&mut greet).await.map_err(Socks5Failure::Io)?;
+    assert_eq!(greet, [5, 0], "socks5 greeting reply");
+    let name = u8::try_from(host.len()).expect("host name under 256 bytes");
+    let mut req = vec![5, 1, 0, 3, name];
+    req.extend_from_slice(host.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req).await.map_err(Socks5Failure::Io)?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await.map_err(Socks5Failure::Io)?;
+    if reply[1] != 0 {
+        return Err(Socks5Failure::Reply(reply[1]));
+    }
+    Ok(s)
 }

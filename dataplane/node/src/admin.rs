@@ -40,10 +40,14 @@ pub enum Endpoint {
 
 /// Binds now (so a port clash fails start-up), serves in the background.
 pub async fn serve(addr: SocketAddr, endpoint: Endpoint, ctl: Arc<Control>) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("bind {endpoint:?} on {addr}: {e}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind {endpoint:?} on {addr}: {e}"))?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let ctl = ctl.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -66,8 +70,14 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 fn json_response(v: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = text(StatusCode::OK, serde_json::to_vec_pretty(v).unwrap_or_default());
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    let mut r = text(
+        StatusCode::OK,
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    );
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -97,7 +107,10 @@ fn readiness(ctl: &Control) -> Response<Full<Bytes>> {
     if ready == want {
         text(StatusCode::OK, "ready\n")
     } else {
-        text(StatusCode::INTERNAL_SERVER_ERROR, format!("not ready, pending: shards {ready}/{want}\n"))
+        text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("not ready, pending: shards {ready}/{want}\n"),
+        )
     }
 }
 
@@ -109,7 +122,9 @@ fn metrics(ctl: &Control) -> Response<Full<Bytes>> {
     let mut r = text(StatusCode::OK, out);
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
     );
     r
 }
@@ -138,13 +153,21 @@ fn config_dump(ctl: &Control) -> serde_json::Value {
             "action": format!("{:?}", p.action), "dryRun": p.dry_run, "rules": format!("{:?}", p.rules),
         })
     }).collect();
-    let unix = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let certs: Vec<_> = state.certs.values().map(|c| {
-        json!({
-            "identity": c.cert.identity.to_uri(), "notBefore": unix(c.cert.not_before),
-            "notAfter": unix(c.cert.not_after), "chain": c.cert.chain_pem(),
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    let certs: Vec<_> = state
+        .certs
+        .values()
+        .map(|c| {
+            json!({
+                "identity": c.cert.identity.to_uri(), "notBefore": unix(c.cert.not_before),
+                "notAfter": unix(c.cert.not_after), "chain": c.cert.chain_pem(),
+            })
         })
-    }).collect();
+        .collect();
     json!({
         "version": state.version, "node": state.node_name, "network": state.network,
         "driver": ctl.driver, "shards": ctl.shards.len(), "build": env!("CARGO_PKG_VERSION"),

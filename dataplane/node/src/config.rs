@@ -32,13 +32,23 @@ pub struct Args {
     pub network: String,
 
     /// Cluster name sent in `baggage` and used as metric label.
-    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes", value_name = "NAME")]
+    #[arg(
+        long,
+        env = "CLUSTER_ID",
+        default_value = "Kubernetes",
+        value_name = "NAME"
+    )]
     pub cluster_id: String,
 
     /// Directory of a development CA shared by the nodes of a local mesh: created on first
     /// use (ca-cert.pem, ca-key.pem with mode 0600). Certificates for local workloads are
     /// minted from it at start-up.
-    #[arg(long, env = "ZMESH_DEV_CA", value_name = "DIR", conflicts_with = "cert_dir")]
+    #[arg(
+        long,
+        env = "ZMESH_DEV_CA",
+        value_name = "DIR",
+        conflicts_with = "cert_dir"
+    )]
     pub dev_ca: Option<PathBuf>,
 
     /// Directory with workload certificates: root-cert.pem, and for each identity
@@ -93,7 +103,12 @@ pub struct Args {
 
     /// Most connections (downstream and upstream sockets) one shard keeps open; past it new
     /// ones are closed at once and counted.
-    #[arg(long, env = "ZMESH_MAX_CONNECTIONS", default_value_t = 32_768, value_name = "N")]
+    #[arg(
+        long,
+        env = "ZMESH_MAX_CONNECTIONS",
+        default_value_t = 32_768,
+        value_name = "N"
+    )]
     pub max_connections_per_shard: usize,
 
     /// Time a peer has to finish the TLS and HTTP/2 handshakes (and a SOCKS5 client its
@@ -115,7 +130,12 @@ pub struct Args {
     pub preserve_source_ip: bool,
 
     /// SO_MARK put on the proxy's own sockets, so capture rules never redirect them.
-    #[arg(long, env = "PACKET_MARK", default_value_t = 0x539, value_name = "MARK")]
+    #[arg(
+        long,
+        env = "PACKET_MARK",
+        default_value_t = 0x539,
+        value_name = "MARK"
+    )]
     pub packet_mark: u32,
 
     /// Log filter (RUST_LOG syntax), e.g. "info,zmesh_node=debug".
@@ -131,15 +151,21 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
     if s.eq_ignore_ascii_case("off") || s.is_empty() {
         return Ok(Listen(None));
     }
-    s.parse().map(|a| Listen(Some(a))).map_err(|e| format!("{s:?} is not ip:port or \"off\": {e}"))
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|e| format!("{s:?} is not ip:port or \"off\": {e}"))
 }
 
 /// "250ms", "10s", "5m", "24h", or a number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 10s, 500ms, 5m"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms, 5m"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1e3,
@@ -170,10 +196,23 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Args::command().debug_assert();
-        let a = Args::try_parse_from(["zmesh-node", "--config", "x.yaml", "--node-name", "n", "--dev-ca", "ca", "--socks5-addr", "off"])
-            .expect("minimal flags parse");
+        let a = Args::try_parse_from([
+            "zmesh-node",
+            "--config",
+            "x.yaml",
+            "--node-name",
+            "n",
+            "--dev-ca",
+            "ca",
+            "--socks5-addr",
+            "off",
+        ])
+        .expect("minimal flags parse");
         assert_eq!(a.socks5_addr, Listen(None));
-        assert_eq!(a.outbound_addr, Listen(Some("[::]:15001".parse().expect("addr"))));
+        assert_eq!(
+            a.outbound_addr,
+            Listen(Some("[::]:15001".parse().expect("addr")))
+        );
         assert_eq!(a.handshake_timeout, Duration::from_secs(10));
     }
 }

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Request, Response, StatusCode};
 use tokio_rustls::TlsAcceptor;
-use zmesh_hbone::connect::{STATUS_BAD_REQUEST, STATUS_OK, STATUS_UNAUTHORIZED, STATUS_UNAVAILABLE};
+use zmesh_hbone::connect::{
+    STATUS_BAD_REQUEST, STATUS_OK, STATUS_UNAUTHORIZED, STATUS_UNAVAILABLE,
+};
 use zmesh_hbone::{Authority, Baggage, parse_authority, settings, tls};
 use zmesh_rt::{TcpListener, TcpStream};
 use zmesh_state::{Connection, Decision, Identity, Workload};
@@ -26,7 +28,10 @@ use crate::{sockets, telemetry};
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// Accepts one connection and takes a slot for it and its upstream.
-pub async fn accept(shard: &ShardRef, l: &TcpListener) -> Option<(TcpStream, SocketAddr, ConnGuard)> {
+pub async fn accept(
+    shard: &ShardRef,
+    l: &TcpListener,
+) -> Option<(TcpStream, SocketAddr, ConnGuard)> {
     let (stream, peer) = match l.accept().await {
         Ok(x) => x,
         Err(e) => {
@@ -44,7 +49,9 @@ pub async fn accept(shard: &ShardRef, l: &TcpListener) -> Option<(TcpStream, Soc
 /// Serves HBONE on one local workload address.
 pub async fn serve_hbone(shard: ShardRef, listener: TcpListener) {
     loop {
-        let Some((stream, peer, guard)) = accept(&shard, &listener).await else { continue };
+        let Some((stream, peer, guard)) = accept(&shard, &listener).await else {
+            continue;
+        };
         zmesh_rt::spawn(hbone_connection(shard.clone(), stream, peer, guard)).detach();
     }
 }
@@ -56,8 +63,15 @@ struct PeerConn {
     identity: Option<Identity>,
 }
 
-async fn hbone_connection(shard: ShardRef, stream: TcpStream, peer: SocketAddr, mut guard: ConnGuard) {
-    let Ok(local) = stream.local_addr() else { return };
+async fn hbone_connection(
+    shard: ShardRef,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut guard: ConnGuard,
+) {
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
     let state = shard.state.load_full();
     let Some(workload) = state.local_workload(local.ip()).cloned() else {
         shard.reject(Rejection::NoWorkload);
@@ -75,7 +89,12 @@ async fn hbone_connection(shard: ShardRef, stream: TcpStream, peer: SocketAddr, 
         labels.response_flags = flag;
         TrafficCounters::add(&shard.metrics.traffic(labels).failed, 1);
     };
-    let tls = match zmesh_rt::timeout(shard.settings.handshake_timeout, TlsAcceptor::from(cert.server.clone()).accept(stream)).await {
+    let tls = match zmesh_rt::timeout(
+        shard.settings.handshake_timeout,
+        TlsAcceptor::from(cert.server.clone()).accept(stream),
+    )
+    .await
+    {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "inbound TLS handshake failed");
@@ -87,7 +106,12 @@ async fn hbone_connection(shard: ShardRef, stream: TcpStream, peer: SocketAddr, 
         .into_iter()
         .find(|id| id.trust_domain == workload.identity().trust_domain);
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let mut conn = match zmesh_rt::timeout(remaining, settings::server_builder().handshake::<_, Bytes>(tls)).await {
+    // Boxed, like `serve_streams`, so that a connection still in TLS reserves no HTTP/2 state.
+    let h2_handshake = Box::pin(zmesh_rt::timeout(
+        remaining,
+        settings::server_builder().handshake::<_, Bytes>(tls),
+    ));
+    let conn = match h2_handshake.await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "inbound HTTP/2 handshake failed");
@@ -95,8 +119,30 @@ async fn hbone_connection(shard: ShardRef, stream: TcpStream, peer: SocketAddr, 
         }
         Err(_) => return fail(Rejection::HandshakeTimeout, "H2_HANDSHAKE_FAILURE"),
     };
-    guard.track("inbound-hbone", peer, local, identity.as_ref().map(Identity::to_uri));
-    let pc = Rc::new(PeerConn { peer, local, identity });
+    guard.track(
+        "inbound-hbone",
+        peer,
+        local,
+        identity.as_ref().map(Identity::to_uri),
+    );
+    let pc = Rc::new(PeerConn {
+        peer,
+        local,
+        identity,
+    });
+    Box::pin(serve_streams(shard, pc, conn)).await;
+    // The connection's slots and table entry are held until it has fully closed.
+    drop(guard);
+}
+
+/// Accepts CONNECT streams until the connection ends. Boxed by the caller: a connection still
+/// in its TLS handshake then holds only the handshake's state, not HTTP/2's.
+async fn serve_streams(
+    shard: ShardRef,
+    pc: Rc<PeerConn>,
+    mut conn: h2::server::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>,
+) {
+    let peer = pc.peer;
     let ping = conn.ping_pong();
     let mut keepalive = pin!(crate::outbound::keepalive(ping));
     let mut keepalive_failed = false;
@@ -139,17 +185,37 @@ struct Refusal {
     why: String,
 }
 
-fn refuse(status: StatusCode, reject: Rejection, flag: &'static str, why: impl Into<String>) -> Refusal {
-    Refusal { status, reject, flag, why: why.into() }
+fn refuse(
+    status: StatusCode,
+    reject: Rejection,
+    flag: &'static str,
+    why: impl Into<String>,
+) -> Refusal {
+    Refusal {
+        status,
+        reject,
+        flag,
+        why: why.into(),
+    }
 }
 
 /// One CONNECT stream.
-async fn connect_stream(shard: ShardRef, pc: Rc<PeerConn>, req: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>) {
+async fn connect_stream(
+    shard: ShardRef,
+    pc: Rc<PeerConn>,
+    req: Request<h2::RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
     let start = Instant::now();
     let state = shard.state.load_full();
     let mut labels = TrafficLabels::new("destination");
     labels.connection_security_policy = "mutual_tls";
-    let bag = req.headers().get("baggage").and_then(|v| v.to_str().ok()).map(Baggage::decode).unwrap_or_default();
+    let bag = req
+        .headers()
+        .get("baggage")
+        .and_then(|v| v.to_str().ok())
+        .map(Baggage::decode)
+        .unwrap_or_default();
     telemetry::set_peer_source(&mut labels, pc.identity.as_ref(), &bag);
     let checked = check_connect(&state, &pc, &req);
     let checked = match checked {
@@ -167,7 +233,9 @@ async fn connect_stream(shard: ShardRef, pc: Rc<PeerConn>, req: Request<h2::Recv
         Err(r) => Err(r),
     };
     let upstream = match checked {
-        Ok((w, target)) => connect_app(&shard, pc.peer, target).await.map(|s| (w, target, s)),
+        Ok((w, target)) => connect_app(&shard, pc.peer, target)
+            .await
+            .map(|s| (w, target, s)),
         Err(r) => Err(r),
     };
     let (workload, target, upstream) = match upstream {
@@ -177,7 +245,16 @@ async fn connect_stream(shard: ShardRef, pc: Rc<PeerConn>, req: Request<h2::Recv
             labels.response_flags = r.flag;
             TrafficCounters::add(&shard.metrics.traffic(labels.clone()).failed, 1);
             let why: &dyn std::fmt::Display = &r.why;
-            telemetry::access_log("inbound", pc.peer, pc.local, &labels, 0, 0, start.elapsed(), Some(why));
+            telemetry::access_log(
+                "inbound",
+                pc.peer,
+                pc.local,
+                &labels,
+                0,
+                0,
+                start.elapsed(),
+                Some(why),
+            );
             let _ = respond.send_response(status(r.status, None), true);
             return;
         }
@@ -189,14 +266,26 @@ async fn connect_stream(shard: ShardRef, pc: Rc<PeerConn>, req: Request<h2::Recv
     };
     let counters = shard.metrics.traffic(labels.clone());
     TrafficCounters::add(&counters.opened, 1);
-    let acct = Accounting { traffic: counters.clone(), stats: shard.metrics.stats.clone() };
+    let acct = Accounting {
+        traffic: counters.clone(),
+        stats: shard.metrics.stats.clone(),
+    };
     let moved = relay::tunnel(upstream, send, req.into_body(), &acct, false).await;
     TrafficCounters::add(&counters.closed, 1);
     let (up, down, err) = match &moved {
         Ok(m) => (m.up, m.down, None),
         Err(e) => (0, 0, Some(e as &dyn std::fmt::Display)),
     };
-    telemetry::access_log("inbound", pc.peer, target, &labels, down, up, start.elapsed(), err);
+    telemetry::access_log(
+        "inbound",
+        pc.peer,
+        target,
+        &labels,
+        down,
+        up,
+        start.elapsed(),
+        err,
+    );
 }
 
 fn status(code: StatusCode, baggage: Option<&str>) -> Response<()> {
@@ -215,15 +304,36 @@ fn check_connect(
     req: &Request<h2::RecvStream>,
 ) -> Result<(std::sync::Arc<Workload>, SocketAddr), Refusal> {
     if req.method() != http::Method::CONNECT {
-        return Err(refuse(STATUS_BAD_REQUEST, Rejection::BadMethod, "-", format!("method {} is not CONNECT", req.method())));
+        return Err(refuse(
+            STATUS_BAD_REQUEST,
+            Rejection::BadMethod,
+            "-",
+            format!("method {} is not CONNECT", req.method()),
+        ));
     }
-    let authority = req.uri().authority().map(|a| a.as_str()).unwrap_or_default();
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .unwrap_or_default();
     let target = match parse_authority(authority) {
         Some(Authority::Addr(a)) => a,
         Some(Authority::Host(host, port)) => resolve_host_target(state, pc, &host, port)
-            .ok_or_else(|| refuse(STATUS_UNAVAILABLE, Rejection::NoWorkload, "-", format!("no service {host}:{port} here")))?,
+            .ok_or_else(|| {
+                refuse(
+                    STATUS_UNAVAILABLE,
+                    Rejection::NoWorkload,
+                    "-",
+                    format!("no service {host}:{port} here"),
+                )
+            })?,
         None => {
-            return Err(refuse(STATUS_BAD_REQUEST, Rejection::BadAuthority, "-", format!("bad authority {authority:?}")));
+            return Err(refuse(
+                STATUS_BAD_REQUEST,
+                Rejection::BadAuthority,
+                "-",
+                format!("bad authority {authority:?}"),
+            ));
         }
     };
     if target.ip() != pc.local.ip() {
@@ -231,48 +341,100 @@ fn check_connect(
             STATUS_BAD_REQUEST,
             Rejection::BadAuthority,
             "-",
-            format!("target {target} is not the address dialed ({})", pc.local.ip()),
+            format!(
+                "target {target} is not the address dialed ({})",
+                pc.local.ip()
+            ),
         ));
     }
     if sockets::ILLEGAL_PORTS.contains(&target.port()) {
-        return Err(refuse(STATUS_BAD_REQUEST, Rejection::IllegalPort, "-", format!("{target} is a proxy port")));
+        return Err(refuse(
+            STATUS_BAD_REQUEST,
+            Rejection::IllegalPort,
+            "-",
+            format!("{target} is a proxy port"),
+        ));
     }
-    let w = state
-        .local_workload(target.ip())
-        .cloned()
-        .ok_or_else(|| refuse(STATUS_UNAVAILABLE, Rejection::NoWorkload, "-", format!("no workload {} on this node", target.ip())))?;
+    let w = state.local_workload(target.ip()).cloned().ok_or_else(|| {
+        refuse(
+            STATUS_UNAVAILABLE,
+            Rejection::NoWorkload,
+            "-",
+            format!("no workload {} on this node", target.ip()),
+        )
+    })?;
     Ok((w, target))
 }
 
 /// `hostname:port` → the dialed workload's target port for that service.
-fn resolve_host_target(state: &NodeState, pc: &PeerConn, host: &str, port: u16) -> Option<SocketAddr> {
+fn resolve_host_target(
+    state: &NodeState,
+    pc: &PeerConn,
+    host: &str,
+    port: u16,
+) -> Option<SocketAddr> {
     let svc = state.mesh.services().find(|s| s.hostname == host)?;
     let w = state.local_workload(pc.local.ip())?;
-    let target = w.services.get(&svc.key()).and_then(|ports| ports.get(&port)).copied()
+    let target = w
+        .services
+        .get(&svc.key())
+        .and_then(|ports| ports.get(&port))
+        .copied()
         .or_else(|| svc.ports.get(&port).copied())?;
     let target = if target == 0 { port } else { target };
     Some(SocketAddr::new(pc.local.ip(), target))
 }
 
-fn authorize(state: &NodeState, w: &Workload, src: SocketAddr, peer: Option<&Identity>, target: SocketAddr) -> Result<(), Refusal> {
-    let conn = Connection { src_ip: src.ip(), src_identity: peer, dst_ip: target.ip(), dst_port: target.port() };
+fn authorize(
+    state: &NodeState,
+    w: &Workload,
+    src: SocketAddr,
+    peer: Option<&Identity>,
+    target: SocketAddr,
+) -> Result<(), Refusal> {
+    let conn = Connection {
+        src_ip: src.ip(),
+        src_identity: peer,
+        dst_ip: target.ip(),
+        dst_port: target.port(),
+    };
     match state.mesh.authorize(w, &conn) {
         Decision::Allow => Ok(()),
         Decision::Deny { policy } => Err(refuse(
             STATUS_UNAUTHORIZED,
             Rejection::Denied,
             "DENY",
-            if policy.is_empty() { "no ALLOW policy matched".to_string() } else { format!("denied by {policy}") },
+            if policy.is_empty() {
+                "no ALLOW policy matched".to_string()
+            } else {
+                format!("denied by {policy}")
+            },
         )),
     }
 }
 
 /// Connects to the app, from the client's address when allowed.
-async fn connect_app(shard: &ShardRef, client: SocketAddr, target: SocketAddr) -> Result<TcpStream, Refusal> {
-    let fail = |e: std::io::Error| refuse(STATUS_UNAVAILABLE, Rejection::UpstreamConnect, "CONNECT", format!("connect {target}: {e}"));
+async fn connect_app(
+    shard: &ShardRef,
+    client: SocketAddr,
+    target: SocketAddr,
+) -> Result<TcpStream, Refusal> {
+    let fail = |e: std::io::Error| {
+        refuse(
+            STATUS_UNAVAILABLE,
+            Rejection::UpstreamConnect,
+            "CONNECT",
+            format!("connect {target}: {e}"),
+        )
+    };
     let src = shard.settings.upstream.transparent.then_some(client.ip());
     let sock = sockets::upstream(target, src, shard.settings.upstream).map_err(fail)?;
-    match zmesh_rt::timeout(shard.settings.connect_timeout, TcpStream::connect(sock, target)).await {
+    match zmesh_rt::timeout(
+        shard.settings.connect_timeout,
+        TcpStream::connect(sock, target),
+    )
+    .await
+    {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(fail(e)),
         Err(_) => Err(fail(std::io::ErrorKind::TimedOut.into())),
@@ -283,23 +445,42 @@ async fn connect_app(shard: &ShardRef, client: SocketAddr, target: SocketAddr) -
 /// identity, so STRICT PeerAuthentication (a converted DENY policy) refuses it.
 pub async fn serve_plaintext(shard: ShardRef, listener: TcpListener) {
     loop {
-        let Some((stream, peer, guard)) = accept(&shard, &listener).await else { continue };
+        let Some((stream, peer, guard)) = accept(&shard, &listener).await else {
+            continue;
+        };
         zmesh_rt::spawn(plaintext_connection(shard.clone(), stream, peer, guard)).detach();
     }
 }
 
-async fn plaintext_connection(shard: ShardRef, stream: TcpStream, peer: SocketAddr, mut guard: ConnGuard) {
+async fn plaintext_connection(
+    shard: ShardRef,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut guard: ConnGuard,
+) {
     let start = Instant::now();
-    let Ok(local) = stream.local_addr() else { return };
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
     let target = sockets::original_dst(stream.socket(), local).unwrap_or(local);
     let state = shard.state.load_full();
     let mut labels = TrafficLabels::new("destination");
     guard.track("inbound-plaintext", peer, target, None);
     let checked = if sockets::ILLEGAL_PORTS.contains(&target.port()) {
-        Err(refuse(STATUS_BAD_REQUEST, Rejection::IllegalPort, "-", format!("{target} is a proxy port")))
+        Err(refuse(
+            STATUS_BAD_REQUEST,
+            Rejection::IllegalPort,
+            "-",
+            format!("{target} is a proxy port"),
+        ))
     } else {
         match state.local_workload(target.ip()).cloned() {
-            None => Err(refuse(STATUS_UNAVAILABLE, Rejection::NoWorkload, "-", "no such workload")),
+            None => Err(refuse(
+                STATUS_UNAVAILABLE,
+                Rejection::NoWorkload,
+                "-",
+                "no such workload",
+            )),
             Some(w) => {
                 telemetry::set_destination(&mut labels, Some(&w), None, &state.cluster_id);
                 authorize(&state, &w, peer, None, target)
@@ -317,18 +498,39 @@ async fn plaintext_connection(shard: ShardRef, stream: TcpStream, peer: SocketAd
             labels.response_flags = r.flag;
             TrafficCounters::add(&shard.metrics.traffic(labels.clone()).failed, 1);
             let why: &dyn std::fmt::Display = &r.why;
-            telemetry::access_log("inbound", peer, target, &labels, 0, 0, start.elapsed(), Some(why));
+            telemetry::access_log(
+                "inbound",
+                peer,
+                target,
+                &labels,
+                0,
+                0,
+                start.elapsed(),
+                Some(why),
+            );
             return;
         }
     };
     let counters = shard.metrics.traffic(labels.clone());
     TrafficCounters::add(&counters.opened, 1);
-    let acct = Accounting { traffic: counters.clone(), stats: shard.metrics.stats.clone() };
+    let acct = Accounting {
+        traffic: counters.clone(),
+        stats: shard.metrics.stats.clone(),
+    };
     let moved = relay::passthrough(stream, upstream, &acct).await;
     TrafficCounters::add(&counters.closed, 1);
     let (up, down, err) = match &moved {
         Ok(m) => (m.up, m.down, None),
         Err(e) => (0, 0, Some(e as &dyn std::fmt::Display)),
     };
-    telemetry::access_log("inbound", peer, target, &labels, down, up, start.elapsed(), err);
+    telemetry::access_log(
+        "inbound",
+        peer,
+        target,
+        &labels,
+        down,
+        up,
+        start.elapsed(),
+        err,
+    );
 }

@@ -44,7 +44,13 @@ fn main() {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour only on a terminal: logs usually end up in files and journals.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
 }
 
 /// Raises the soft open-files limit to the hard limit before anything is bound, as ztunnel
@@ -95,14 +101,21 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n = args.shards.unwrap_or(cores.len().max(1)).max(1);
-    let listen_addrs: Vec<SocketAddr> = local.iter().flat_map(|w| w.workload_ips.iter().copied()).map(|ip| SocketAddr::new(ip, 0)).collect();
+    let listen_addrs: Vec<SocketAddr> = local
+        .iter()
+        .flat_map(|w| w.workload_ips.iter().copied())
+        .map(|ip| SocketAddr::new(ip, 0))
+        .collect();
 
     let settings = Arc::new(ProxySettings {
         max_connections: args.max_connections_per_shard,
         handshake_timeout: args.handshake_timeout,
         connect_timeout: args.connect_timeout,
         pool_idle_timeout: args.pool_idle_timeout,
-        upstream: UpstreamOpts { mark: Some(args.packet_mark).filter(|m| *m != 0), transparent: args.preserve_source_ip },
+        upstream: UpstreamOpts {
+            mark: Some(args.packet_mark).filter(|m| *m != 0),
+            transparent: args.preserve_source_ip,
+        },
     });
     let (mesh_metrics, shard_metrics) = metrics::new(n);
     let ready = Arc::new(AtomicUsize::new(0));
@@ -114,7 +127,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         senders.push(tx);
         let spec = ShardSpec {
             id,
-            core: (!args.no_pin).then(|| cores.get(id % cores.len().max(1)).copied()).flatten(),
+            core: (!args.no_pin)
+                .then(|| cores.get(id % cores.len().max(1)).copied())
+                .flatten(),
             runtime: RuntimeConfig {
                 driver,
                 send_zc_threshold: args.send_zc_threshold,
@@ -131,7 +146,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!(shards = n, driver = %driver, "node proxy started");
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let ctl = Arc::new(admin::Control {
             state: shared.clone(),
@@ -171,8 +188,12 @@ fn run(args: Args) -> anyhow::Result<()> {
 fn cert_source(args: &Args) -> anyhow::Result<CertSource> {
     match (&args.dev_ca, &args.cert_dir) {
         (Some(dir), _) => {
-            let ca = DevCa::load_or_create(dir, "zmesh").map_err(|e| anyhow::anyhow!("dev CA in {}: {e}", dir.display()))?;
-            Ok(CertSource::Dev { ca: Box::new(ca), ttl: args.cert_ttl })
+            let ca = DevCa::load_or_create(dir, "zmesh")
+                .map_err(|e| anyhow::anyhow!("dev CA in {}: {e}", dir.display()))?;
+            Ok(CertSource::Dev {
+                ca: Box::new(ca),
+                ttl: args.cert_ttl,
+            })
         }
         (None, Some(dir)) => Ok(CertSource::Dir(dir.clone())),
         (None, None) => anyhow::bail!("no certificates: pass --dev-ca DIR or --cert-dir DIR"),
@@ -184,8 +205,12 @@ fn cert_source(args: &Args) -> anyhow::Result<CertSource> {
 fn bind_shard(args: &Args, workload_addrs: &[SocketAddr]) -> anyhow::Result<ShardSockets> {
     let mut s = ShardSockets::default();
     for addr in workload_addrs {
-        s.hbone.push(sockets::listener(SocketAddr::new(addr.ip(), zmesh_hbone::HBONE_PORT))?);
-        s.plaintext.push(sockets::listener(SocketAddr::new(addr.ip(), 15006))?);
+        s.hbone.push(sockets::listener(SocketAddr::new(
+            addr.ip(),
+            zmesh_hbone::HBONE_PORT,
+        ))?);
+        s.plaintext
+            .push(sockets::listener(SocketAddr::new(addr.ip(), 15006))?);
     }
     if let Some(a) = args.outbound_addr.0 {
         s.outbound = Some(sockets::listener(a)?);

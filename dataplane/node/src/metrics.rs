@@ -83,7 +83,11 @@ impl TrafficLabels {
 
 /// `value` or "unknown" when empty.
 pub fn or_unknown(value: &str) -> String {
-    if value.is_empty() { UNKNOWN.to_string() } else { value.to_string() }
+    if value.is_empty() {
+        UNKNOWN.to_string()
+    } else {
+        value.to_string()
+    }
 }
 
 /// Counters of one label set on one shard.
@@ -227,17 +231,26 @@ pub fn new(n: usize) -> (Arc<MeshMetrics>, Vec<ShardMetrics>) {
             stats,
         });
     }
-    (Arc::new(MeshMetrics { incoming: rx, known: Mutex::new(Vec::new()), shards }), handles)
+    (
+        Arc::new(MeshMetrics {
+            incoming: rx,
+            known: Mutex::new(Vec::new()),
+            shards,
+        }),
+        handles,
+    )
 }
 
 /// The registry served on /metrics.
 pub fn registry(mesh: Arc<MeshMetrics>, version: &str) -> Registry {
     let mut r = Registry::default();
-    r.sub_registry_with_prefix("istio").register_collector(Box::new(IstioCollector {
-        mesh: mesh.clone(),
-        version: version.to_string(),
-    }));
-    r.sub_registry_with_prefix("zmesh").register_collector(Box::new(ShardCollector(mesh)));
+    r.sub_registry_with_prefix("istio")
+        .register_collector(Box::new(IstioCollector {
+            mesh: mesh.clone(),
+            version: version.to_string(),
+        }));
+    r.sub_registry_with_prefix("zmesh")
+        .register_collector(Box::new(ShardCollector(mesh)));
     r
 }
 
@@ -296,27 +309,76 @@ impl Collector for IstioCollector {
         let mut sums: HashMap<&TrafficLabels, [u64; 5]> = HashMap::new();
         for (labels, c) in known.iter() {
             let s = sums.entry(labels).or_default();
-            for (i, v) in [&c.opened, &c.closed, &c.failed, &c.received, &c.sent].iter().enumerate() {
+            for (i, v) in [&c.opened, &c.closed, &c.failed, &c.received, &c.sent]
+                .iter()
+                .enumerate()
+            {
                 s[i] += v.load(Relaxed);
             }
         }
         let pick = |i: usize| sums.iter().map(move |(l, s)| ((*l).clone(), s[i]));
-        counter(&mut enc, "tcp_connections_opened", "TCP connections opened", pick(0))?;
-        counter(&mut enc, "tcp_connections_closed", "TCP connections closed", pick(1))?;
-        counter(&mut enc, "tcp_connections_failed", "TCP connections that failed", pick(2))?;
-        counter(&mut enc, "tcp_received_bytes", "Bytes received from the downstream", pick(3))?;
-        counter(&mut enc, "tcp_sent_bytes", "Bytes sent to the downstream", pick(4))?;
-        let open: i64 = self.mesh.shards.iter().map(|s| s.connections_open.load(Relaxed)).sum();
+        counter(
+            &mut enc,
+            "tcp_connections_opened",
+            "TCP connections opened",
+            pick(0),
+        )?;
+        counter(
+            &mut enc,
+            "tcp_connections_closed",
+            "TCP connections closed",
+            pick(1),
+        )?;
+        counter(
+            &mut enc,
+            "tcp_connections_failed",
+            "TCP connections that failed",
+            pick(2),
+        )?;
+        counter(
+            &mut enc,
+            "tcp_received_bytes",
+            "Bytes received from the downstream",
+            pick(3),
+        )?;
+        counter(
+            &mut enc,
+            "tcp_sent_bytes",
+            "Bytes sent to the downstream",
+            pick(4),
+        )?;
+        let open: i64 = self
+            .mesh
+            .shards
+            .iter()
+            .map(|s| s.connections_open.load(Relaxed))
+            .sum();
         #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
         struct Reporter {
             reporter: &'static str,
         }
-        gauge(&mut enc, "tcp_sockets_open", "Open sockets", [(Reporter { reporter: "destination" }, open)])?;
+        gauge(
+            &mut enc,
+            "tcp_sockets_open",
+            "Open sockets",
+            [(
+                Reporter {
+                    reporter: "destination",
+                },
+                open,
+            )],
+        )?;
         gauge(
             &mut enc,
             "build",
             "Build information",
-            [(BuildLabels { component: "zmesh", tag: self.version.clone() }, 1)],
+            [(
+                BuildLabels {
+                    component: "zmesh",
+                    tag: self.version.clone(),
+                },
+                1,
+            )],
         )
     }
 }
@@ -327,44 +389,112 @@ struct ShardCollector(Arc<MeshMetrics>);
 impl Collector for ShardCollector {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let shards = &self.0.shards;
-        let label = |i: usize| ShardLabel { shard: i.to_string() };
-        let rt = |s: &ShardStats| -> Arc<RuntimeStats> { s.runtime.get().cloned().unwrap_or_default() };
+        let label = |i: usize| ShardLabel {
+            shard: i.to_string(),
+        };
+        let rt =
+            |s: &ShardStats| -> Arc<RuntimeStats> { s.runtime.get().cloned().unwrap_or_default() };
         let per = |f: &dyn Fn(&ShardStats, &RuntimeStats) -> u64| {
-            shards.iter().enumerate().map(|(i, s)| (label(i), f(s, &rt(s)))).collect::<Vec<_>>()
+            shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (label(i), f(s, &rt(s))))
+                .collect::<Vec<_>>()
         };
         let per_gauge = |f: &dyn Fn(&ShardStats, &RuntimeStats) -> i64| {
-            shards.iter().enumerate().map(|(i, s)| (label(i), f(s, &rt(s)))).collect::<Vec<_>>()
+            shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (label(i), f(s, &rt(s))))
+                .collect::<Vec<_>>()
         };
-        gauge(&mut enc, "shard_connections", "Open connections per shard (downstream and upstream sockets)",
-            per_gauge(&|s, _| s.connections_open.load(Relaxed)))?;
-        gauge(&mut enc, "shard_hbone_pool_connections", "Pooled outbound HBONE connections per shard",
-            per_gauge(&|s, _| s.hbone_connections_open.load(Relaxed)))?;
-        counter(&mut enc, "shard_accepted_connections", "Connections accepted per shard",
-            per(&|s, _| s.connections_accepted.load(Relaxed)))?;
-        counter(&mut enc, "shard_received_bytes", "Payload bytes read from apps and peers per shard",
-            per(&|s, _| s.bytes_in.load(Relaxed)))?;
-        counter(&mut enc, "shard_sent_bytes", "Payload bytes written to apps and peers per shard",
-            per(&|s, _| s.bytes_out.load(Relaxed)))?;
-        counter(&mut enc, "shard_ring_submissions", "IO operations submitted per shard",
-            per(&|_, r| r.submissions.load(Relaxed)))?;
-        counter(&mut enc, "shard_ring_completions", "IO completions handled per shard",
-            per(&|_, r| r.completions.load(Relaxed)))?;
-        counter(&mut enc, "shard_task_polls", "Task polls per shard", per(&|_, r| r.polls.load(Relaxed)))?;
-        gauge(&mut enc, "shard_queue_depth", "IO operations in flight per shard",
-            per_gauge(&|_, r| r.queue_depth.load(Relaxed) as i64))?;
+        gauge(
+            &mut enc,
+            "shard_connections",
+            "Open connections per shard (downstream and upstream sockets)",
+            per_gauge(&|s, _| s.connections_open.load(Relaxed)),
+        )?;
+        gauge(
+            &mut enc,
+            "shard_hbone_pool_connections",
+            "Pooled outbound HBONE connections per shard",
+            per_gauge(&|s, _| s.hbone_connections_open.load(Relaxed)),
+        )?;
+        counter(
+            &mut enc,
+            "shard_accepted_connections",
+            "Connections accepted per shard",
+            per(&|s, _| s.connections_accepted.load(Relaxed)),
+        )?;
+        counter(
+            &mut enc,
+            "shard_received_bytes",
+            "Payload bytes read from apps and peers per shard",
+            per(&|s, _| s.bytes_in.load(Relaxed)),
+        )?;
+        counter(
+            &mut enc,
+            "shard_sent_bytes",
+            "Payload bytes written to apps and peers per shard",
+            per(&|s, _| s.bytes_out.load(Relaxed)),
+        )?;
+        counter(
+            &mut enc,
+            "shard_ring_submissions",
+            "IO operations submitted per shard",
+            per(&|_, r| r.submissions.load(Relaxed)),
+        )?;
+        counter(
+            &mut enc,
+            "shard_ring_completions",
+            "IO completions handled per shard",
+            per(&|_, r| r.completions.load(Relaxed)),
+        )?;
+        counter(
+            &mut enc,
+            "shard_task_polls",
+            "Task polls per shard",
+            per(&|_, r| r.polls.load(Relaxed)),
+        )?;
+        gauge(
+            &mut enc,
+            "shard_queue_depth",
+            "IO operations in flight per shard",
+            per_gauge(&|_, r| r.queue_depth.load(Relaxed) as i64),
+        )?;
         let secs = |ns: u64| ns as f64 / 1e9;
-        let mut busy = enc.encode_descriptor("shard_busy_seconds", "Time each shard spent working", None, MetricType::Counter)?;
+        let mut busy = enc.encode_descriptor(
+            "shard_busy_seconds",
+            "Time each shard spent working",
+            None,
+            MetricType::Counter,
+        )?;
         for (i, s) in shards.iter().enumerate() {
-            ConstCounter::new(secs(rt(s).busy_ns.load(Relaxed))).encode(busy.encode_family(&label(i))?)?;
+            ConstCounter::new(secs(rt(s).busy_ns.load(Relaxed)))
+                .encode(busy.encode_family(&label(i))?)?;
         }
-        let mut idle = enc.encode_descriptor("shard_idle_seconds", "Time each shard spent waiting for IO", None, MetricType::Counter)?;
+        let mut idle = enc.encode_descriptor(
+            "shard_idle_seconds",
+            "Time each shard spent waiting for IO",
+            None,
+            MetricType::Counter,
+        )?;
         for (i, s) in shards.iter().enumerate() {
-            ConstCounter::new(secs(rt(s).idle_ns.load(Relaxed))).encode(idle.encode_family(&label(i))?)?;
+            ConstCounter::new(secs(rt(s).idle_ns.load(Relaxed)))
+                .encode(idle.encode_family(&label(i))?)?;
         }
         let reasons = Rejection::ALL.iter().map(|r| {
-            let n = shards.iter().map(|s| s.rejections[*r as usize].load(Relaxed)).sum();
+            let n = shards
+                .iter()
+                .map(|s| s.rejections[*r as usize].load(Relaxed))
+                .sum();
             (ReasonLabel { reason: r.as_str() }, n)
         });
-        counter(&mut enc, "rejections", "Connections and tunnels refused, by reason", reasons)
+        counter(
+            &mut enc,
+            "rejections",
+            "Connections and tunnels refused, by reason",
+            reasons,
+        )
     }
 }

@@ -41,7 +41,17 @@ pub async fn serve_captured(shard: ShardRef, listener: TcpListener) {
             };
             match sockets::original_dst(stream.socket(), local) {
                 Ok(dst) if dst != local => {
-                    outbound(&shard, Downstream { stream, socks: false }, client, dst, guard).await
+                    outbound(
+                        &shard,
+                        Downstream {
+                            stream,
+                            socks: false,
+                        },
+                        client,
+                        dst,
+                        guard,
+                    )
+                    .await
                 }
                 _ => {
                     // Not redirected: a direct connection to the capture port would loop.
@@ -62,7 +72,10 @@ pub async fn serve_socks5(shard: ShardRef, listener: TcpListener) {
         };
         let shard = shard.clone();
         zmesh_rt::spawn(async move {
-            let hs = zmesh_rt::timeout(shard.settings.handshake_timeout, socks5::handshake(&mut stream));
+            let hs = zmesh_rt::timeout(
+                shard.settings.handshake_timeout,
+                socks5::handshake(&mut stream),
+            );
             let target = match hs.await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
@@ -79,7 +92,10 @@ pub async fn serve_socks5(shard: ShardRef, listener: TcpListener) {
                 Target::Addr(a) => Some(a),
                 Target::Host(h, port) => resolve_host(&shard.state.load(), &h, port),
             };
-            let mut down = Downstream { stream, socks: true };
+            let mut down = Downstream {
+                stream,
+                socks: true,
+            };
             match dst {
                 Some(dst) => outbound(&shard, down, client, dst, guard).await,
                 None => {
@@ -107,7 +123,11 @@ pub struct Downstream {
 
 impl Downstream {
     async fn established(&mut self) -> io::Result<()> {
-        if self.socks { socks5::reply(&mut self.stream, socks5::SUCCEEDED).await } else { Ok(()) }
+        if self.socks {
+            socks5::reply(&mut self.stream, socks5::SUCCEEDED).await
+        } else {
+            Ok(())
+        }
     }
 
     async fn fail(&mut self, code: u8) {
@@ -163,13 +183,22 @@ enum Upstream {
 }
 
 /// One outbound connection from start to end.
-async fn outbound(shard: &ShardRef, mut down: Downstream, client: SocketAddr, dst: SocketAddr, mut guard: ConnGuard) {
+async fn outbound(
+    shard: &ShardRef,
+    mut down: Downstream,
+    client: SocketAddr,
+    dst: SocketAddr,
+    mut guard: ConnGuard,
+) {
     let start = Instant::now();
     let state = shard.state.load_full();
     let mut labels = TrafficLabels::new("source");
     guard.track("outbound", client, dst, None);
     let result = async {
-        let src = state.local_workload(client.ip()).cloned().ok_or(OutboundError::UnknownSource(client))?;
+        let src = state
+            .local_workload(client.ip())
+            .cloned()
+            .ok_or(OutboundError::UnknownSource(client))?;
         telemetry::set_source(&mut labels, &src, &state.cluster_id);
         let resolution = state
             .mesh
@@ -187,14 +216,26 @@ async fn outbound(shard: &ShardRef, mut down: Downstream, client: SocketAddr, ds
             }
             let counters = shard.metrics.traffic(labels.clone());
             TrafficCounters::add(&counters.failed, 1);
-            telemetry::access_log("outbound", client, dst, &labels, 0, 0, start.elapsed(), Some(&e));
+            telemetry::access_log(
+                "outbound",
+                client,
+                dst,
+                &labels,
+                0,
+                0,
+                start.elapsed(),
+                Some(&e),
+            );
             down.fail(e.socks_code()).await;
             return;
         }
     };
     let counters = shard.metrics.traffic(labels.clone());
     TrafficCounters::add(&counters.opened, 1);
-    let acct = Accounting { traffic: counters.clone(), stats: stats_arc(shard) };
+    let acct = Accounting {
+        traffic: counters.clone(),
+        stats: stats_arc(shard),
+    };
     let moved = match down.established().await {
         Err(e) => Err(e),
         Ok(()) => match upstream {
@@ -211,7 +252,16 @@ async fn outbound(shard: &ShardRef, mut down: Downstream, client: SocketAddr, ds
         Ok(m) => (m.up, m.down, None),
         Err(e) => (0, 0, Some(e as &dyn std::fmt::Display)),
     };
-    telemetry::access_log("outbound", client, dst, &labels, dn, up, start.elapsed(), err);
+    telemetry::access_log(
+        "outbound",
+        client,
+        dst,
+        &labels,
+        dn,
+        up,
+        start.elapsed(),
+        err,
+    );
 }
 
 fn stats_arc(shard: &ShardRef) -> Arc<crate::metrics::ShardStats> {
@@ -227,19 +277,46 @@ async fn connect_upstream(
     labels: &mut TrafficLabels,
 ) -> Result<Upstream, OutboundError> {
     match resolution {
-        Resolution::Hbone { workload, service, hbone_addr, target, identities } => {
-            telemetry::set_destination(labels, Some(&workload), service.as_deref(), &state.cluster_id);
+        Resolution::Hbone {
+            workload,
+            service,
+            hbone_addr,
+            target,
+            identities,
+        } => {
+            telemetry::set_destination(
+                labels,
+                Some(&workload),
+                service.as_deref(),
+                &state.cluster_id,
+            );
             labels.connection_security_policy = "mutual_tls";
-            let key = PoolKey { src_id: src.identity(), dst_ids: identities, dst: hbone_addr, src_ip: client.ip() };
+            let key = PoolKey {
+                src_id: src.identity(),
+                dst_ids: identities,
+                dst: hbone_addr,
+                src_ip: client.ip(),
+            };
             let (send, recv, checkout) =
                 open_tunnel(shard, state, src, &key, target, client, service.as_deref()).await?;
             Ok(Upstream::Tunnel(send, recv, checkout))
         }
-        Resolution::Plain { workload, service, target } => {
-            telemetry::set_destination(labels, workload.as_deref(), service.as_deref(), &state.cluster_id);
+        Resolution::Plain {
+            workload,
+            service,
+            target,
+        } => {
+            telemetry::set_destination(
+                labels,
+                workload.as_deref(),
+                service.as_deref(),
+                &state.cluster_id,
+            );
             Ok(Upstream::Plain(connect_plain(shard, target).await?))
         }
-        Resolution::Passthrough { target } => Ok(Upstream::Plain(connect_plain(shard, target).await?)),
+        Resolution::Passthrough { target } => {
+            Ok(Upstream::Plain(connect_plain(shard, target).await?))
+        }
     }
 }
 
@@ -247,11 +324,20 @@ async fn connect_plain(shard: &ShardRef, target: SocketAddr) -> Result<TcpStream
     if sockets::ILLEGAL_PORTS.contains(&target.port()) && is_local(shard, target) {
         return Err(OutboundError::Resolve(format!("{target} is a proxy port")));
     }
-    let sock = sockets::upstream(target, None, shard.settings.upstream).map_err(|e| OutboundError::Connect(target, e))?;
-    match zmesh_rt::timeout(shard.settings.connect_timeout, TcpStream::connect(sock, target)).await {
+    let sock = sockets::upstream(target, None, shard.settings.upstream)
+        .map_err(|e| OutboundError::Connect(target, e))?;
+    match zmesh_rt::timeout(
+        shard.settings.connect_timeout,
+        TcpStream::connect(sock, target),
+    )
+    .await
+    {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(OutboundError::Connect(target, e)),
-        Err(_) => Err(OutboundError::Connect(target, io::ErrorKind::TimedOut.into())),
+        Err(_) => Err(OutboundError::Connect(
+            target,
+            io::ErrorKind::TimedOut.into(),
+        )),
     }
 }
 
@@ -280,14 +366,24 @@ async fn open_tunnel(
         h2err(e)
     })?;
     let baggage = telemetry::baggage(src, &state.cluster_id);
-    let req = ConnectRequest { target, client, service_host: service.map(|s| s.hostname.as_str()), baggage: &baggage }
-        .to_request();
+    let req = ConnectRequest {
+        target,
+        client,
+        service_host: service.map(|s| s.hostname.as_str()),
+        baggage: &baggage,
+    }
+    .to_request();
     let mut sender = sender;
     let (response, send) = sender.send_request(req, false).map_err(h2err)?;
     let wait = shard.settings.connect_timeout + shard.settings.handshake_timeout;
     let response = match zmesh_rt::timeout(wait, response).await {
         Ok(r) => r.map_err(h2err)?,
-        Err(_) => return Err(OutboundError::Connect(key.dst, io::ErrorKind::TimedOut.into())),
+        Err(_) => {
+            return Err(OutboundError::Connect(
+                key.dst,
+                io::ErrorKind::TimedOut.into(),
+            ));
+        }
     };
     if response.status() != http::StatusCode::OK {
         return Err(OutboundError::Status(response.status()));
@@ -304,11 +400,17 @@ struct DialFailure {
 }
 
 fn dial_err(stage: &'static str, msg: impl ToString) -> io::Error {
-    io::Error::other(DialFailure { stage, msg: msg.to_string() })
+    io::Error::other(DialFailure {
+        stage,
+        msg: msg.to_string(),
+    })
 }
 
 fn classify_dial(dst: SocketAddr, e: io::Error) -> OutboundError {
-    let stage = e.get_ref().and_then(|i| i.downcast_ref::<DialFailure>()).map(|f| f.stage);
+    let stage = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<DialFailure>())
+        .map(|f| f.stage);
     match stage {
         Some("tls") => OutboundError::Tls(dst, e),
         Some("h2") => OutboundError::H2(dst, e.to_string()),
@@ -320,22 +422,36 @@ fn classify_dial(dst: SocketAddr, e: io::Error) -> OutboundError {
 /// expecting one of the destination identities, then the HTTP/2 handshake.
 async fn dial(shard: ShardRef, key: PoolKey) -> io::Result<PooledConn> {
     let state = shard.state.load_full();
-    let cert = state.cert(&key.src_id).ok_or_else(|| dial_err("tls", format!("no certificate for {}", key.src_id)))?;
-    let cfg = tls::client_config(&cert.cert, key.dst_ids.clone()).map_err(|e| dial_err("tls", e))?;
+    let cert = state
+        .cert(&key.src_id)
+        .ok_or_else(|| dial_err("tls", format!("no certificate for {}", key.src_id)))?;
+    let cfg =
+        tls::client_config(&cert.cert, key.dst_ids.clone()).map_err(|e| dial_err("tls", e))?;
     let sock = sockets::upstream(key.dst, Some(key.src_ip), shard.settings.upstream)?;
-    let tcp = match zmesh_rt::timeout(shard.settings.connect_timeout, TcpStream::connect(sock, key.dst)).await {
+    let tcp = match zmesh_rt::timeout(
+        shard.settings.connect_timeout,
+        TcpStream::connect(sock, key.dst),
+    )
+    .await
+    {
         Ok(r) => r?,
         Err(_) => return Err(io::ErrorKind::TimedOut.into()),
     };
     let hs = shard.settings.handshake_timeout;
-    let tls = match zmesh_rt::timeout(hs, TlsConnector::from(cfg).connect(tls::unused_server_name(), tcp)).await {
+    let tls = match zmesh_rt::timeout(
+        hs,
+        TlsConnector::from(cfg).connect(tls::unused_server_name(), tcp),
+    )
+    .await
+    {
         Ok(r) => r.map_err(|e| dial_err("tls", e))?,
         Err(_) => return Err(dial_err("tls", "handshake timed out")),
     };
-    let (send, mut conn) = match zmesh_rt::timeout(hs, settings::client_builder().handshake::<_, Bytes>(tls)).await {
-        Ok(r) => r.map_err(|e| dial_err("h2", e))?,
-        Err(_) => return Err(dial_err("h2", "handshake timed out")),
-    };
+    let (send, mut conn) =
+        match zmesh_rt::timeout(hs, settings::client_builder().handshake::<_, Bytes>(tls)).await {
+            Ok(r) => r.map_err(|e| dial_err("h2", e))?,
+            Err(_) => return Err(dial_err("h2", "handshake timed out")),
+        };
     let closed = Rc::new(Cell::new(false));
     let done = closed.clone();
     let ping = conn.ping_pong();

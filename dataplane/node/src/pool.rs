@@ -42,11 +42,16 @@ pub struct PooledConn {
 
 impl PooledConn {
     pub fn new(send: SendRequest<Bytes>, closed: Rc<Cell<bool>>) -> PooledConn {
-        PooledConn { send, streams: Cell::new(0), closed, idle_since: Cell::new(Instant::now()) }
+        PooledConn {
+            send,
+            streams: Cell::new(0),
+            closed,
+            idle_since: Cell::new(Instant::now()),
+        }
     }
 
     fn limit(&self) -> usize {
-        10usize.min(self.send.current_max_send_streams().max(1))
+        settings::CLIENT_MAX_STREAMS.min(self.send.current_max_send_streams().max(1))
     }
 
     fn usable(&self) -> bool {
@@ -98,11 +103,19 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(idle_timeout: Duration) -> Pool {
-        Pool { entries: RefCell::new(HashMap::new()), idle_timeout }
+        Pool {
+            entries: RefCell::new(HashMap::new()),
+            idle_timeout,
+        }
     }
 
     /// A stream slot for `key`, dialing with `dial` when no connection has room.
-    pub async fn checkout<D, F>(&self, key: &PoolKey, dial: D, stats: &ShardStats) -> io::Result<Checkout>
+    pub async fn checkout<D, F>(
+        &self,
+        key: &PoolKey,
+        dial: D,
+        stats: &ShardStats,
+    ) -> io::Result<Checkout>
     where
         D: Fn() -> F,
         F: Future<Output = io::Result<PooledConn>>,
@@ -124,12 +137,20 @@ impl Pool {
             };
             match generation {
                 Some(generation) => {
-                    DialDone { pool: self, key, generation }.await;
+                    DialDone {
+                        pool: self,
+                        key,
+                        generation,
+                    }
+                    .await;
                     let entries = self.entries.borrow();
                     if let Some((g, err)) = entries.get(key).and_then(|e| e.last_error.as_ref())
                         && *g == generation + 1
                     {
-                        return Err(io::Error::new(io::ErrorKind::ConnectionRefused, err.clone()));
+                        return Err(io::Error::new(
+                            io::ErrorKind::ConnectionRefused,
+                            err.clone(),
+                        ));
                     }
                 }
                 None => {
@@ -168,7 +189,8 @@ impl Pool {
             let before = e.conns.len();
             e.conns.retain(|c| {
                 !c.closed.get()
-                    && (c.streams.get() > 0 || now.duration_since(c.idle_since.get()) < self.idle_timeout)
+                    && (c.streams.get() > 0
+                        || now.duration_since(c.idle_since.get()) < self.idle_timeout)
             });
             removed += (before - e.conns.len()) as i64;
             !e.conns.is_empty() || e.dialing

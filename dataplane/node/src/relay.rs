@@ -59,7 +59,11 @@ pub async fn tunnel(
     let to_stream = socket_to_stream(r, send, acct, socket_is_downstream);
     let to_socket = stream_to_socket(recv, w, acct, socket_is_downstream);
     let (a, b) = futures_util::future::try_join(to_stream, to_socket).await?;
-    Ok(if socket_is_downstream { Moved { up: a, down: b } } else { Moved { up: b, down: a } })
+    Ok(if socket_is_downstream {
+        Moved { up: a, down: b }
+    } else {
+        Moved { up: b, down: a }
+    })
 }
 
 async fn socket_to_stream<R: AsyncRead + Unpin>(
@@ -78,7 +82,11 @@ async fn socket_to_stream<R: AsyncRead + Unpin>(
             return Ok(total);
         }
         total += n as u64;
-        if socket_is_downstream { acct.received(n) } else { acct.sent(n) }
+        if socket_is_downstream {
+            acct.received(n)
+        } else {
+            acct.sent(n)
+        }
         let mut data = buf.split().freeze();
         while !data.is_empty() {
             send.reserve_capacity(data.len());
@@ -117,7 +125,11 @@ async fn stream_to_socket<W: AsyncWrite + Unpin>(
         // Flush before returning window: the bytes have left us only once written.
         w.flush().await?;
         total += chunk.len() as u64;
-        if socket_is_downstream { acct.sent(chunk.len()) } else { acct.received(chunk.len()) }
+        if socket_is_downstream {
+            acct.sent(chunk.len())
+        } else {
+            acct.received(chunk.len())
+        }
         let _ = recv.flow_control().release_capacity(chunk.len());
     }
     w.shutdown().await?;
@@ -130,14 +142,19 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (a, b) = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, 64 << 10, 64 << 10).await?;
+    let (a, b) =
+        tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, 64 << 10, 64 << 10).await?;
     acct.received(a as usize);
     acct.sent(b as usize);
     Ok(Moved { up: a, down: b })
 }
 
 fn is_graceful_reset(e: &h2::Error) -> bool {
-    e.is_reset() && matches!(e.reason(), Some(h2::Reason::NO_ERROR) | Some(h2::Reason::CANCEL))
+    e.is_reset()
+        && matches!(
+            e.reason(),
+            Some(h2::Reason::NO_ERROR) | Some(h2::Reason::CANCEL)
+        )
 }
 
 /// An h2 error as io: a reset with NO_ERROR or CANCEL is a normal close.

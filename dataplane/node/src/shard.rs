@@ -98,7 +98,11 @@ impl Shard {
         }
         self.open.set(open + slots);
         ShardStats::gauge_add(&self.stats().connections_open, slots as i64);
-        Some(ConnGuard { shard: self.clone(), id: None, slots })
+        Some(ConnGuard {
+            shard: self.clone(),
+            id: None,
+            slots,
+        })
     }
 
     pub fn reject(&self, r: Rejection) {
@@ -108,14 +112,27 @@ impl Shard {
 
 impl ConnGuard {
     /// Lists the connection in the admin table.
-    pub fn track(&mut self, direction: &'static str, src: SocketAddr, dst: SocketAddr, peer: Option<String>) {
+    pub fn track(
+        &mut self,
+        direction: &'static str,
+        src: SocketAddr,
+        dst: SocketAddr,
+        peer: Option<String>,
+    ) {
         let id = self.shard.next_id.get();
         self.shard.next_id.set(id + 1);
         let started_unix_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let info = ConnInfo { shard: self.shard.id, direction, src, dst, peer_identity: peer, started_unix_ms };
+        let info = ConnInfo {
+            shard: self.shard.id,
+            direction,
+            src,
+            dst,
+            peer_identity: peer,
+            started_unix_ms,
+        };
         self.shard.table.borrow_mut().insert(id, info);
         self.id = Some(id);
     }
@@ -147,29 +164,45 @@ pub struct ShardSpec {
 /// Starts a shard thread. Errors building its runtime are reported before it serves.
 pub fn spawn(spec: ShardSpec) -> std::io::Result<std::thread::JoinHandle<()>> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let handle = std::thread::Builder::new().name(format!("zmesh-shard-{}", spec.id)).spawn(move || {
-        if let Some(core) = spec.core
-            && !core_affinity::set_for_current(core)
-        {
-            tracing::warn!(shard = spec.id, core = core.id, "could not pin shard to core");
-        }
-        let rt = match Runtime::new(&spec.runtime) {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
+    let handle = std::thread::Builder::new()
+        .name(format!("zmesh-shard-{}", spec.id))
+        .spawn(move || {
+            if let Some(core) = spec.core
+                && !core_affinity::set_for_current(core)
+            {
+                tracing::warn!(
+                    shard = spec.id,
+                    core = core.id,
+                    "could not pin shard to core"
+                );
             }
-        };
-        let _ = spec.metrics.stats.runtime.set(rt.stats());
-        let _ = tx.send(Ok(()));
-        run(rt, spec);
-    })?;
-    rx.recv().map_err(|_| std::io::Error::other("shard thread died at start"))??;
+            let rt = match Runtime::new(&spec.runtime) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = spec.metrics.stats.runtime.set(rt.stats());
+            let _ = tx.send(Ok(()));
+            run(rt, spec);
+        })?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("shard thread died at start"))??;
     Ok(handle)
 }
 
 fn run(rt: Runtime, spec: ShardSpec) {
-    let ShardSpec { id, state, settings, metrics, sockets, commands, ready, .. } = spec;
+    let ShardSpec {
+        id,
+        state,
+        settings,
+        metrics,
+        sockets,
+        commands,
+        ready,
+        ..
+    } = spec;
     let pool = Pool::new(settings.pool_idle_timeout);
     let shard = Rc::new(Shard {
         id,
@@ -220,7 +253,11 @@ fn run(rt: Runtime, spec: ShardSpec) {
             zmesh_rt::sleep(Duration::from_millis(20)).await;
         }
         if shard.open.get() > 0 {
-            tracing::info!(shard = id, open = shard.open.get(), "closing connections at the drain deadline");
+            tracing::info!(
+                shard = id,
+                open = shard.open.get(),
+                "closing connections at the drain deadline"
+            );
         }
     });
 }

@@ -16,7 +16,11 @@ pub const ILLEGAL_PORTS: [u16; 4] = [15001, 15006, 15008, 15080];
 /// A listener for one shard. Every shard binds the same address with SO_REUSEPORT and the
 /// kernel spreads new connections across them. A wildcard IPv6 address accepts IPv4 too.
 pub fn listener(addr: SocketAddr) -> io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -29,7 +33,8 @@ pub fn listener(addr: SocketAddr) -> io::Result<Socket> {
         let _ = s.set_freebind_v6(true);
     }
     s.set_tcp_nodelay(true)?;
-    s.bind(&addr.into()).map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    s.bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
     s.listen(BACKLOG)?;
     Ok(s)
 }
@@ -45,7 +50,11 @@ pub struct UpstreamOpts {
 /// sees who called). Binding a foreign address needs IP_TRANSPARENT; when it is refused, the
 /// socket is left unbound and the kernel picks the source.
 pub fn upstream(dst: SocketAddr, src: Option<IpAddr>, opts: UpstreamOpts) -> io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(dst), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    let s = Socket::new(
+        Domain::for_address(dst),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
     s.set_tcp_nodelay(true)?;
     if let Some(mark) = opts.mark {
         // Needs CAP_NET_ADMIN; without it capture rules that skip marked packets cannot apply
@@ -54,7 +63,11 @@ pub fn upstream(dst: SocketAddr, src: Option<IpAddr>, opts: UpstreamOpts) -> io:
     }
     if let Some(src) = src.filter(|ip| ip.is_ipv4() == dst.is_ipv4()) {
         if opts.transparent {
-            let _ = if dst.is_ipv4() { s.set_ip_transparent_v4(true) } else { s.set_ip_transparent_v6(true) };
+            let _ = if dst.is_ipv4() {
+                s.set_ip_transparent_v4(true)
+            } else {
+                s.set_ip_transparent_v6(true)
+            };
         }
         let _ = s.set_reuse_address(true);
         if let Err(e) = s.bind(&SockAddr::from(SocketAddr::new(src, 0))) {
@@ -67,6 +80,11 @@ pub fn upstream(dst: SocketAddr, src: Option<IpAddr>, opts: UpstreamOpts) -> io:
 
 /// The destination the app asked for before capture redirected it (SO_ORIGINAL_DST).
 pub fn original_dst(s: socket2::SockRef<'_>, local: SocketAddr) -> io::Result<SocketAddr> {
-    let addr = if local.is_ipv4() { s.original_dst_v4()? } else { s.original_dst_v6()? };
-    addr.as_socket().ok_or_else(|| io::Error::other("original destination is not an IP address"))
+    let addr = if local.is_ipv4() {
+        s.original_dst_v4()?
+    } else {
+        s.original_dst_v6()?
+    };
+    addr.as_socket()
+        .ok_or_else(|| io::Error::other("original destination is not an IP address"))
 }

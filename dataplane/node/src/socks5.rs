@@ -69,12 +69,18 @@ pub async fn handshake(s: &mut TcpStream) -> Result<Target, SocksError> {
         1 => {
             let mut b = [0u8; 4];
             s.read_exact(&mut b).await?;
-            Target::Addr(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(b)), read_port(s).await?))
+            Target::Addr(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::from(b)),
+                read_port(s).await?,
+            ))
         }
         4 => {
             let mut b = [0u8; 16];
             s.read_exact(&mut b).await?;
-            Target::Addr(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(b)), read_port(s).await?))
+            Target::Addr(SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::from(b)),
+                read_port(s).await?,
+            ))
         }
         3 => {
             let len = s.read_u8().await? as usize;

@@ -34,12 +34,16 @@ pub struct NodeState {
 impl NodeState {
     /// Workloads scheduled on this node.
     pub fn local_workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
-        self.mesh.workloads().filter(move |w| w.node == self.node_name)
+        self.mesh
+            .workloads()
+            .filter(move |w| w.node == self.node_name)
     }
 
     /// The local workload that owns `ip`.
     pub fn local_workload(&self, ip: std::net::IpAddr) -> Option<&Arc<Workload>> {
-        self.mesh.workload_by_ip(&self.network, ip).filter(|w| w.node == self.node_name)
+        self.mesh
+            .workload_by_ip(&self.network, ip)
+            .filter(|w| w.node == self.node_name)
     }
 
     pub fn cert(&self, id: &Identity) -> Option<&Arc<IdentityCert>> {

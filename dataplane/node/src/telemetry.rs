@@ -9,12 +9,24 @@ use zmesh_state::{Identity, Service, Workload};
 use crate::metrics::{TrafficLabels, or_unknown};
 
 fn workload_name(w: &Workload) -> &str {
-    if w.workload_name.is_empty() { &w.name } else { &w.workload_name }
+    if w.workload_name.is_empty() {
+        &w.name
+    } else {
+        &w.workload_name
+    }
 }
 
 fn canonical(w: &Workload) -> (&str, &str) {
-    let name = if w.canonical_name.is_empty() { workload_name(w) } else { &w.canonical_name };
-    let rev = if w.canonical_revision.is_empty() { "latest" } else { &w.canonical_revision };
+    let name = if w.canonical_name.is_empty() {
+        workload_name(w)
+    } else {
+        &w.canonical_name
+    };
+    let rev = if w.canonical_revision.is_empty() {
+        "latest"
+    } else {
+        &w.canonical_revision
+    };
     (name, rev)
 }
 
@@ -28,7 +40,11 @@ pub fn set_source(l: &mut TrafficLabels, w: &Workload, cluster: &str) {
     l.source_principal = w.identity().to_uri();
     l.source_app = or_unknown(svc);
     l.source_version = or_unknown(rev);
-    l.source_cluster = or_unknown(if w.cluster_id.is_empty() { cluster } else { &w.cluster_id });
+    l.source_cluster = or_unknown(if w.cluster_id.is_empty() {
+        cluster
+    } else {
+        &w.cluster_id
+    });
 }
 
 /// The source side as an inbound connection sees it: the TLS identity plus the peer's baggage.
@@ -49,7 +65,12 @@ pub fn set_peer_source(l: &mut TrafficLabels, peer: Option<&Identity>, bag: &Bag
 }
 
 /// The destination side.
-pub fn set_destination(l: &mut TrafficLabels, w: Option<&Workload>, svc: Option<&Service>, cluster: &str) {
+pub fn set_destination(
+    l: &mut TrafficLabels,
+    w: Option<&Workload>,
+    svc: Option<&Service>,
+    cluster: &str,
+) {
     if let Some(w) = w {
         let (name, rev) = canonical(w);
         l.destination_workload = or_unknown(workload_name(w));
@@ -59,7 +80,11 @@ pub fn set_destination(l: &mut TrafficLabels, w: Option<&Workload>, svc: Option<
         l.destination_principal = w.identity().to_uri();
         l.destination_app = or_unknown(name);
         l.destination_version = or_unknown(rev);
-        l.destination_cluster = or_unknown(if w.cluster_id.is_empty() { cluster } else { &w.cluster_id });
+        l.destination_cluster = or_unknown(if w.cluster_id.is_empty() {
+            cluster
+        } else {
+            &w.cluster_id
+        });
     }
     if let Some(s) = svc {
         l.destination_service = or_unknown(&s.hostname);
@@ -84,7 +109,11 @@ pub fn baggage(w: &Workload, cluster: &str) -> Baggage {
     Baggage {
         cluster: cluster.to_string(),
         namespace: w.namespace.clone(),
-        workload_type: if w.workload_type.is_empty() { "deployment".into() } else { w.workload_type.clone() },
+        workload_type: if w.workload_type.is_empty() {
+            "deployment".into()
+        } else {
+            w.workload_type.clone()
+        },
         workload_name: workload_name(w).to_string(),
         service_name: svc.to_string(),
         service_version: rev.to_string(),

@@ -254,7 +254,11 @@ impl StreamInner {
             match sys::send_vectored_nonblocking(self.socket.as_raw_fd(), bufs) {
                 Ok(n) if n > 0 => return Poll::Ready(Ok(n)),
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => {
                     wr.err = e.raw_os_error();
                     return Poll::Ready(Err(e));
