@@ -31,6 +31,8 @@ struct Bench {
     nodes: Nodes,
     relay: Proc,
     warnings: Vec<String>,
+    /// Proxy memory after each repetition: steady growth across repetitions hints at a leak.
+    memory_by_rep: Vec<serde_json::Value>,
 }
 
 pub fn loopback(args: &LoopbackArgs) -> anyhow::Result<()> {
@@ -67,6 +69,7 @@ pub fn loopback(args: &LoopbackArgs) -> anyhow::Result<()> {
         nodes,
         relay,
         warnings,
+        memory_by_rep: Vec::new(),
     };
 
     let mut scenarios: Vec<Scenario> =
@@ -94,7 +97,8 @@ pub fn loopback(args: &LoopbackArgs) -> anyhow::Result<()> {
         "zmesh_driver": b.nodes.driver,
         "aborted": outcome.as_ref().err().map(|e| format!("{e:#}")),
         "warnings": b.warnings,
-        "memory": memory.iter().map(|(n, m)| (n.clone(), serde_json::to_value(m).unwrap_or_default())).collect::<serde_json::Map<_, _>>(),
+        "memory": memory_json(&memory),
+        "memory_by_repetition": b.memory_by_rep,
         "records": records,
     });
     let path = b.s.out.join(format!("{stem}.json"));
@@ -122,6 +126,9 @@ impl Bench {
                     self.relay.check_alive()?;
                 }
             }
+            let m = memory_json(&self.memory());
+            self.memory_by_rep
+                .push(serde_json::json!({ "repetition": rep, "memory": m }));
         }
         Ok(())
     }
@@ -242,6 +249,14 @@ impl Bench {
         }
         out
     }
+}
+
+fn memory_json(memory: &[(String, Memory)]) -> serde_json::Value {
+    memory
+        .iter()
+        .map(|(n, m)| (n.clone(), serde_json::json!(m)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 fn unix_now() -> u64 {
