@@ -123,11 +123,12 @@ pub enum Rejection {
     UpstreamConnect,
     UnknownSource,
     Socks5,
-    PeerIdentity,
+    UpstreamTls,
+    UpstreamH2,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 13] = [
+    pub const ALL: [Rejection; 14] = [
         Rejection::OverLimit,
         Rejection::HandshakeTimeout,
         Rejection::TlsHandshake,
@@ -140,7 +141,8 @@ impl Rejection {
         Rejection::UpstreamConnect,
         Rejection::UnknownSource,
         Rejection::Socks5,
-        Rejection::PeerIdentity,
+        Rejection::UpstreamTls,
+        Rejection::UpstreamH2,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -157,7 +159,8 @@ impl Rejection {
             Rejection::UpstreamConnect => "upstream_connect",
             Rejection::UnknownSource => "unknown_source",
             Rejection::Socks5 => "socks5",
-            Rejection::PeerIdentity => "peer_identity",
+            Rejection::UpstreamTls => "upstream_tls",
+            Rejection::UpstreamH2 => "upstream_h2",
         }
     }
 }

@@ -165,6 +165,18 @@ impl OutboundError {
         }
     }
 
+    /// The per-shard rejection reason, for failures that are ours to count (a refused
+    /// tunnel is counted by the peer that refused it).
+    fn rejection(&self) -> Option<Rejection> {
+        match self {
+            OutboundError::UnknownSource(_) => Some(Rejection::UnknownSource),
+            OutboundError::Tls(..) => Some(Rejection::UpstreamTls),
+            OutboundError::H2(..) => Some(Rejection::UpstreamH2),
+            OutboundError::Connect(..) => Some(Rejection::UpstreamConnect),
+            OutboundError::Resolve(_) | OutboundError::Status(_) => None,
+        }
+    }
+
     fn socks_code(&self) -> u8 {
         match self {
             OutboundError::Status(s) if *s == http::StatusCode::UNAUTHORIZED => socks5::NOT_ALLOWED,
@@ -211,8 +223,8 @@ async fn outbound(
         Ok(u) => u,
         Err(e) => {
             labels.response_flags = e.flag();
-            if matches!(e, OutboundError::UnknownSource(_)) {
-                shard.reject(Rejection::UnknownSource);
+            if let Some(r) = e.rejection() {
+                shard.reject(r);
             }
             let counters = shard.metrics.traffic(labels.clone());
             TrafficCounters::add(&counters.failed, 1);
