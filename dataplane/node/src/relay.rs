@@ -15,9 +15,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::metrics::{ShardStats, TrafficCounters};
 
-/// Read size from an app socket. Large reads mean fewer syscalls and fewer, bigger DATA frames
-/// (up to the peer's 1 MiB frame limit); the buffer only exists while a read is in progress.
-const READ_CHUNK: usize = 256 << 10;
+/// Read buffer sizes for the socket → stream direction. A tunnel starts small (an idle or
+/// request/response tunnel holds little memory) and doubles its buffer whenever a read fills
+/// it, up to the largest size, where reads are big enough that syscalls and DATA frames cost
+/// little per byte (the peer accepts frames up to 1 MiB).
+const READ_MIN: usize = 4 << 10;
+const READ_MAX: usize = 256 << 10;
+/// Reads smaller than this are copied into an exact-size buffer so the read buffer is reused;
+/// larger ones hand their buffer to HTTP/2 without copying.
+const COPY_BELOW: usize = 16 << 10;
 
 /// Bytes moved by a finished relay.
 #[derive(Clone, Copy, Debug, Default)]
@@ -73,9 +79,11 @@ async fn socket_to_stream<R: AsyncRead + Unpin>(
     socket_is_downstream: bool,
 ) -> io::Result<u64> {
     let mut total = 0u64;
+    let mut size = READ_MIN;
     let mut buf = BytesMut::new();
     loop {
-        buf.reserve(READ_CHUNK);
+        buf.clear();
+        buf.reserve(size);
         let n = r.read_buf(&mut buf).await?;
         if n == 0 {
             send.send_data(Bytes::new(), true).map_err(h2_io)?;
@@ -87,7 +95,14 @@ async fn socket_to_stream<R: AsyncRead + Unpin>(
         } else {
             acct.sent(n)
         }
-        let mut data = buf.split().freeze();
+        if n >= size && size < READ_MAX {
+            size *= 2;
+        }
+        let mut data = if n < COPY_BELOW {
+            Bytes::copy_from_slice(&buf[..n])
+        } else {
+            buf.split().freeze()
+        };
         while !data.is_empty() {
             send.reserve_capacity(data.len());
             let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
