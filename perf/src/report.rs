@@ -337,7 +337,7 @@ mod tests {
         let mut bad = RunRecord::new(System::Zmesh, sc, 1);
         bad.error = Some("connection 0: refused".into());
         let md = markdown(&[ok, bad], &[sc], &[]);
-        assert!(md.contains("| 1 | direct | 10.00 | 1.00× |"), "{md}");
+        assert!(md.contains("| 1 | direct | 10.0 | 1.00× |"), "{md}");
         assert!(md.contains("| 1 | zmesh | – | – |"), "{md}");
         assert!(md.contains("0/1"), "{md}");
     }
