@@ -147,7 +147,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         if args.keep {
             println!("\nThe mesh keeps running (admin: http://127.0.1.1:15000/config_dump). Ctrl-C to stop.");
-            let _ = tokio::signal::ctrl_c().await;
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
         }
         anyhow::Ok(())
     })?;
