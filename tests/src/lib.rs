@@ -22,7 +22,7 @@ pub fn node_bin() -> PathBuf {
     let bin = dir.join("zmesh-node");
     assert!(
         bin.exists(),
-        "{} is missing: build it first (cargo build -p zmesh-node, or cargo test --workspace)",
+        "{} is missing: build it first: cargo build --workspace --bins",
         bin.display()
     );
     bin
