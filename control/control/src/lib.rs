@@ -1,0 +1,9 @@
+//! zmesh's controller (the ambient parts of istiod): config sources feed one object store,
+//! translation turns the store into Istio's workload API resources, a delta ADS server pushes
+//! what changed to node proxies, and a CA signs SPIFFE certificates for them.
+
+#![forbid(unsafe_code)]
+
+pub mod resources;
+
+pub use resources::Resources;

@@ -1,0 +1,21 @@
+//! Compiles zmesh's .proto files with protox (pure Rust), so a fresh machine needs no `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/envoy/discovery.proto",
+        "proto/istio/workload.proto",
+        "proto/istio/authorization.proto",
+        "proto/istio/ca.proto",
+    ];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // Addresses are raw 4/16-byte strings; `bytes::Bytes` avoids a copy per decode.
+        .bytes(".istio.workload.Workload.addresses")
+        .compile_fds(fds)?;
+    Ok(())
+}
