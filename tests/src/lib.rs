@@ -6,6 +6,9 @@
 //! port clashes. Config YAML is written with `{T}` where the test id goes.
 #![forbid(unsafe_code)]
 
+pub mod control;
+pub mod netns;
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream as StdTcpStream};
 use std::path::{Path, PathBuf};
@@ -15,17 +18,23 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-/// The `zmesh-node` binary built beside the test executable.
-pub fn node_bin() -> PathBuf {
+/// A binary of this workspace (`zmesh-node`, `zmesh-control`, …) built beside the test
+/// executable.
+pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("zmesh-node");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
         "{} is missing: build it first: cargo build --workspace --bins",
         bin.display()
     );
     bin
+}
+
+/// The `zmesh-node` binary.
+pub fn node_bin() -> PathBuf {
+    bin("zmesh-node")
 }
 
 /// Which IO driver the nodes use; tests run once per driver.
@@ -113,6 +122,61 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Starts one node proxy with its files in `dir`: from a static `config` with the shared
+    /// development CA in `dir/ca`, or (no config) from whatever `opts.extra` points it at.
+    pub fn spawn(
+        dir: &Path,
+        name: &str,
+        ip: IpAddr,
+        config: Option<&Path>,
+        opts: &NodeOpts,
+    ) -> Node {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(node_bin());
+        if let Some(config) = config {
+            cmd.arg("--config")
+                .arg(config)
+                .arg("--dev-ca")
+                .arg(dir.join("ca"));
+        }
+        let child = cmd
+            .arg("--node-name")
+            .arg(name)
+            .arg("--driver")
+            .arg(opts.driver.flag())
+            .arg("--shards")
+            .arg(opts.shards.to_string())
+            .arg("--no-pin")
+            .arg("--outbound-addr")
+            .arg(format!("{ip}:15001"))
+            .arg("--socks5-addr")
+            .arg(format!("{ip}:15080"))
+            .arg("--admin-addr")
+            .arg(format!("{ip}:15000"))
+            .arg("--metrics-addr")
+            .arg(format!("{ip}:15020"))
+            .arg("--readiness-addr")
+            .arg(format!("{ip}:15021"))
+            .arg("--log")
+            .arg("info,access=debug")
+            .args(&opts.extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn zmesh-node");
+        Node {
+            name: name.to_string(),
+            ip,
+            child,
+            log,
+        }
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -182,55 +246,13 @@ impl Mesh {
             let ip: IpAddr = format!("127.{test_id}.{}.1", i + 1)
                 .parse()
                 .expect("node ip");
-            let node = mesh.spawn_node(name, ip, &config, opts);
+            let node = Node::spawn(mesh.dir.path(), name, ip, Some(&config), opts);
             mesh.nodes.push(node);
         }
         for n in &mesh.nodes {
             wait_ready(n);
         }
         mesh
-    }
-
-    fn spawn_node(&self, name: &str, ip: IpAddr, config: &Path, opts: &NodeOpts) -> Node {
-        let log = self.dir.path().join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new(node_bin())
-            .arg("--config")
-            .arg(config)
-            .arg("--node-name")
-            .arg(name)
-            .arg("--dev-ca")
-            .arg(self.dir.path().join("ca"))
-            .arg("--driver")
-            .arg(opts.driver.flag())
-            .arg("--shards")
-            .arg(opts.shards.to_string())
-            .arg("--no-pin")
-            .arg("--outbound-addr")
-            .arg(format!("{ip}:15001"))
-            .arg("--socks5-addr")
-            .arg(format!("{ip}:15080"))
-            .arg("--admin-addr")
-            .arg(format!("{ip}:15000"))
-            .arg("--metrics-addr")
-            .arg(format!("{ip}:15020"))
-            .arg("--readiness-addr")
-            .arg(format!("{ip}:15021"))
-            .arg("--log")
-            .arg("info,access=debug")
-            .args(&opts.extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn zmesh-node");
-        Node {
-            name: name.to_string(),
-            ip,
-            child,
-            log,
-        }
     }
 
     pub fn node(&self, name: &str) -> &Node {
@@ -258,7 +280,7 @@ impl Mesh {
     }
 }
 
-fn wait_ready(n: &Node) {
+pub(crate) fn wait_ready(n: &Node) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok((200, _)) = http_get(n.readiness(), "/healthz/ready") {
@@ -580,4 +602,85 @@ pub async fn socks5_connect_host(
         return Err(Socks5Failure::Reply(reply[1]));
     }
     Ok(s)
+}
+
+/// A minimal HTTP/1.1 server standing in for an app in a pod: answers every request with
+/// `200` and `body`, closes after one response, and counts the requests it served.
+pub async fn http_server(
+    addr: SocketAddr,
+    body: &str,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind http {addr}: {e}"));
+    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    let body = body.to_string();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let count = count.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (task, served)
+}
+
+/// What one `curl` run gave.
+#[derive(Debug)]
+pub struct Curl {
+    /// curl's exit code (0 = a response came back; 97 = the SOCKS5 proxy refused; 56 = the
+    /// connection was reset or closed; 28 = timeout).
+    pub exit: i32,
+    /// The HTTP status, 0 when there was no response.
+    pub status: u16,
+    pub body: String,
+}
+
+/// Runs the real `curl` from source address `src` to `url`, through the SOCKS5 proxy `socks`
+/// when given (how a test sends an app's connection into a node proxy without capture).
+pub async fn curl(socks: Option<SocketAddr>, src: IpAddr, url: &str) -> Curl {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "5", "-o", "-", "-w", "\n%{http_code}"])
+        .arg("--interface")
+        .arg(src.to_string())
+        .arg(url);
+    if let Some(p) = socks {
+        cmd.arg("--socks5").arg(p.to_string());
+    }
+    let out = cmd
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run curl (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Curl {
+        exit: out.status.code().unwrap_or(-1),
+        status: code.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+    }
 }
