@@ -121,11 +121,7 @@ pub fn check_request(
         Ok(secs) if secs > 0 => Duration::from_secs(secs).min(policy.max_ttl),
         _ => policy.max_ttl,
     };
-    Ok(Approved {
-        csr,
-        identity,
-        ttl,
-    })
+    Ok(Approved { csr, identity, ttl })
 }
 
 fn impersonated_identity(req: &IstioCertificateRequest) -> Result<Option<Identity>, Refusal> {

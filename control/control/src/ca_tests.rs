@@ -100,7 +100,10 @@ fn refuses_an_identity_not_on_the_callers_node() {
 #[test]
 fn refuses_bad_sans() {
     let dns = SanType::DnsName("web.demo.svc".try_into().expect("ia5"));
-    let m = invalid(check(&request(csr(vec![uri(WEB), dns]), None, 60), "node-a"));
+    let m = invalid(check(
+        &request(csr(vec![uri(WEB), dns]), None, 60),
+        "node-a",
+    ));
     assert!(m.contains("non-SPIFFE"), "{m}");
     let m = invalid(check(
         &request(csr(vec![uri("https://example.com/x")]), None, 60),
@@ -108,7 +111,10 @@ fn refuses_bad_sans() {
     ));
     assert!(m.contains("CSR SAN"), "{m}");
     let other_td = "spiffe://evil.example/ns/demo/sa/web";
-    let m = invalid(check(&request(csr(vec![uri(other_td)]), None, 60), "node-a"));
+    let m = invalid(check(
+        &request(csr(vec![uri(other_td)]), None, 60),
+        "node-a",
+    ));
     assert!(m.contains("trust domain"), "{m}");
     let other = "spiffe://cluster.local/ns/demo/sa/db";
     let m = invalid(check(
@@ -116,7 +122,10 @@ fn refuses_bad_sans() {
         "node-a",
     ));
     assert!(m.contains("two identities"), "{m}");
-    let m = invalid(check(&request(csr(vec![uri(other)]), Some(WEB), 60), "node-a"));
+    let m = invalid(check(
+        &request(csr(vec![uri(other)]), Some(WEB), 60),
+        "node-a",
+    ));
     assert!(m.contains("does not match"), "{m}");
     let m = invalid(check(&request(csr(vec![]), None, 60), "node-a"));
     assert!(m.contains("no identity"), "{m}");

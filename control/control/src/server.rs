@@ -229,7 +229,10 @@ fn tls_config(
 ) -> Result<Arc<rustls::ServerConfig>, ServeError> {
     let mut names: Vec<String> = DEFAULT_DNS_NAMES.iter().map(|s| s.to_string()).collect();
     names.extend(opts.extra_dns_names.iter().cloned());
-    let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+    let mut ips = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
     ips.extend(bound.map(|a| a.ip()).filter(|ip| !ip.is_unspecified()));
     ips.extend(opts.extra_ips.iter().copied());
     ips.sort();

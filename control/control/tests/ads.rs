@@ -49,7 +49,10 @@ async fn full_set_then_only_what_changed() {
     ads.ack(&push).await;
     ads.quiet().await;
     let delta = control.stats.snapshot().since(&before);
-    assert_eq!((delta.responses, delta.resources, delta.removals), (1, 1, 0));
+    assert_eq!(
+        (delta.responses, delta.resources, delta.removals),
+        (1, 1, 0)
+    );
     assert_eq!(delta.bytes, push.encoded_len() as u64);
     assert!(
         delta.bytes * 20 < first.encoded_len() as u64,
@@ -68,7 +71,7 @@ async fn full_set_then_only_what_changed() {
     control.set(r.clone());
     let push = ads.next().await;
     assert!(push.resources.is_empty());
-    assert_eq!(push.removed_resources, [uid.clone()]);
+    assert_eq!(push.removed_resources, [uid.as_str()]);
 
     // A NACK is logged, not answered by a resend loop; later changes still arrive.
     ads.send(DeltaDiscoveryRequest {
@@ -170,7 +173,10 @@ async fn many_clients_are_independent_and_a_slow_one_gets_the_latest_state() {
         for r in resp.resources {
             versions.insert(r.name, r.version);
         }
-        assert!(messages <= ROUNDS + 1, "slow client got every change, not coalesced");
+        assert!(
+            messages <= ROUNDS + 1,
+            "slow client got every change, not coalesced"
+        );
     }
     assert!(
         messages < ROUNDS + 1,
@@ -223,7 +229,10 @@ async fn two_clients_both_get_a_change() {
         c.ack(&first).await;
     }
     let mut r = world(10);
-    r.authorizations.get_mut("demo/allow-web").expect("policy").action = 1;
+    r.authorizations
+        .get_mut("demo/allow-web")
+        .expect("policy")
+        .action = 1;
     control.set(r);
     for c in &mut clients {
         let push = c.next().await;
@@ -241,7 +250,10 @@ async fn streams_without_a_valid_token_are_refused() {
     let err = Ads::open(&control, None).await.err().expect("refused");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     assert_eq!(err.message(), "missing bearer token");
-    let err = Ads::open(&control, Some("0000")).await.err().expect("refused");
+    let err = Ads::open(&control, Some("0000"))
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     control.stop().await;
 }

@@ -15,7 +15,11 @@ const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
 fn csr(key: &KeyPair, sans: Vec<SanType>) -> String {
     let mut params = CertificateParams::default(); // empty subject, as ztunnel sends
     params.subject_alt_names = sans;
-    params.serialize_request(key).expect("csr").pem().expect("pem")
+    params
+        .serialize_request(key)
+        .expect("csr")
+        .pem()
+        .expect("pem")
 }
 
 fn uri(u: &str) -> SanType {
@@ -93,7 +97,11 @@ async fn signs_a_pods_identity_for_its_node() {
         matches!(sans[..], [GeneralName::URI(u)] if u == WEB),
         "exactly the SPIFFE URI: {sans:?}"
     );
-    let eku = leaf.extended_key_usage().expect("eku").expect("has EKU").value;
+    let eku = leaf
+        .extended_key_usage()
+        .expect("eku")
+        .expect("has EKU")
+        .value;
     assert!(eku.server_auth && eku.client_auth);
     let ku = leaf.key_usage().expect("ku").expect("has KU").value;
     assert!(ku.digital_signature() && ku.key_encipherment() && !ku.key_cert_sign());
@@ -102,7 +110,10 @@ async fn signs_a_pods_identity_for_its_node() {
     let validity = leaf.validity();
     let lifetime = validity.not_after.timestamp() - validity.not_before.timestamp();
     // Backdated by a few minutes for clock skew; valid for the hour asked.
-    assert!((3600..=3600 + 600).contains(&lifetime), "lifetime {lifetime}");
+    assert!(
+        (3600..=3600 + 600).contains(&lifetime),
+        "lifetime {lifetime}"
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -140,33 +151,55 @@ async fn refusals_carry_the_right_code() {
         (e.code(), e.message()),
         (tonic::Code::Unauthenticated, "missing bearer token")
     );
-    let e = call(&control, Some("wrong"), good()).await.expect_err("bad token");
+    let e = call(&control, Some("wrong"), good())
+        .await
+        .expect_err("bad token");
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
 
     let db = "spiffe://cluster.local/ns/db/sa/db";
-    let e = call(&control, Some(&token), request(csr(&key, vec![uri(db)]), Some(db), 60))
-        .await
-        .expect_err("db runs on node-1, not node-0");
+    let e = call(
+        &control,
+        Some(&token),
+        request(csr(&key, vec![uri(db)]), Some(db), 60),
+    )
+    .await
+    .expect_err("db runs on node-1, not node-0");
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
-    assert!(e.message().contains(db) && e.message().contains("node-0"), "{}", e.message());
+    assert!(
+        e.message().contains(db) && e.message().contains("node-0"),
+        "{}",
+        e.message()
+    );
 
     let dns = SanType::DnsName("web.demo.svc".try_into().expect("ia5"));
-    let e = call(&control, Some(&token), request(csr(&key, vec![uri(WEB), dns]), None, 60))
-        .await
-        .expect_err("non-SPIFFE SAN");
+    let e = call(
+        &control,
+        Some(&token),
+        request(csr(&key, vec![uri(WEB), dns]), None, 60),
+    )
+    .await
+    .expect_err("non-SPIFFE SAN");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("non-SPIFFE"), "{}", e.message());
 
     let other_td = "spiffe://example.org/ns/demo/sa/web";
-    let e = call(&control, Some(&token), request(csr(&key, vec![uri(other_td)]), None, 60))
-        .await
-        .expect_err("other trust domain");
+    let e = call(
+        &control,
+        Some(&token),
+        request(csr(&key, vec![uri(other_td)]), None, 60),
+    )
+    .await
+    .expect_err("other trust domain");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("trust domain"), "{}", e.message());
 
-    let e = call(&control, Some(&token), request("not a CSR".into(), Some(WEB), 60))
-        .await
-        .expect_err("garbage");
+    let e = call(
+        &control,
+        Some(&token),
+        request("not a CSR".into(), Some(WEB), 60),
+    )
+    .await
+    .expect_err("garbage");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 
     // The same good request from the right node works (so the refusals above were not luck).

@@ -380,12 +380,18 @@ mod tests {
         let ca = DevCa::generate("test").expect("ca");
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, "ignored");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "ignored");
         params.subject_alt_names = vec![
             SanType::URI("spiffe://cluster.local/ns/a/sa/b".try_into().expect("uri")),
             SanType::DnsName("example.com".try_into().expect("dns")),
         ];
-        let pem = params.serialize_request(&key).expect("csr").pem().expect("pem");
+        let pem = params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
         let csr = Csr::from_pem(&pem).expect("valid csr");
         assert_eq!(csr.uris, ["spiffe://cluster.local/ns/a/sa/b"]);
         assert_eq!(csr.other_sans.len(), 1, "{csr:?}");
@@ -411,10 +417,7 @@ mod tests {
         // Flip a bit inside the signed request info (past the outer headers).
         der[20] ^= 1;
         assert!(Csr::from_der(&der).is_err());
-        assert!(matches!(
-            Csr::from_pem("not a csr"),
-            Err(CsrError::Pem(_))
-        ));
+        assert!(matches!(Csr::from_pem("not a csr"), Err(CsrError::Pem(_))));
     }
 
     fn tempfile_dir() -> std::path::PathBuf {

@@ -13,9 +13,9 @@ use tonic::{Request, Response, Status, Streaming};
 use zmesh_proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use zmesh_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
+use super::Stats;
 use super::session::{RequestKind, Session};
 use super::snapshot::Snapshot;
-use super::Stats;
 use crate::auth::{self, Authenticator, Caller};
 
 /// Responses queued per stream beyond the one being written; small, because a queue only
@@ -122,10 +122,8 @@ impl StreamTask {
 
     /// Handles one request; false when the client is gone.
     async fn on_request(&mut self, req: &DeltaDiscoveryRequest) -> bool {
-        if self.node_id.is_empty() {
-            if let Some(node) = &req.node {
-                self.note_node(node);
-            }
+        if let (true, Some(node)) = (self.node_id.is_empty(), &req.node) {
+            self.note_node(node);
         }
         // `borrow`, not `borrow_and_update`: a new snapshot must still wake the select loop so
         // the other subscribed types get it too.
@@ -192,11 +190,11 @@ impl StreamTask {
                 Some(prost_types::value::Kind::StringValue(s)) => Some(s.as_str()),
                 _ => None,
             });
-        if let Some(claimed) = claimed {
-            if claimed != self.caller.node {
-                tracing::warn!(node = %self.caller.node, claimed, node_id = %self.node_id,
-                    "ads: NODE_NAME metadata differs from the node of the token");
-            }
+        if let Some(claimed) = claimed
+            && claimed != self.caller.node
+        {
+            tracing::warn!(node = %self.caller.node, claimed, node_id = %self.node_id,
+                "ads: NODE_NAME metadata differs from the node of the token");
         }
     }
 }

@@ -61,9 +61,7 @@ impl Snapshot {
             .collect();
         Snapshot {
             generation,
-            addresses: TypeSnapshot {
-                entries: addresses,
-            },
+            addresses: TypeSnapshot { entries: addresses },
             authorizations: TypeSnapshot {
                 entries: authorizations,
             },
@@ -171,8 +169,10 @@ mod tests {
         let mut r = Resources::default();
         r.addresses
             .insert("c//v1/Pod/ns/a".into(), workload_with_services(&["ns/s"]));
-        r.authorizations
-            .insert("ns/p".into(), zmesh_proto::security::Authorization::default());
+        r.authorizations.insert(
+            "ns/p".into(),
+            zmesh_proto::security::Authorization::default(),
+        );
         let s = Snapshot::build(&r, 7);
         assert_eq!(s.generation, 7);
         let a = &s.addresses.entries["c//v1/Pod/ns/a"];

@@ -44,7 +44,9 @@ pub struct ServerInfo {
 impl Control {
     pub async fn start(data_dir: &Path, initial: Resources) -> Control {
         let opts = ServeOptions::new("127.0.0.1:0".parse().expect("addr"), data_dir);
-        let server = zmesh_control::server::Server::bind(opts).await.expect("bind");
+        let server = zmesh_control::server::Server::bind(opts)
+            .await
+            .expect("bind");
         let addr = server.local_addr().expect("local addr");
         let root_pem = server.root_pem().to_string();
         let stats = server.stats();
