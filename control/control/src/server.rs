@@ -293,9 +293,8 @@ fn spawn_snapshots(
     mut resources: watch::Receiver<Arc<Resources>>,
     mut stop: watch::Receiver<bool>,
 ) -> watch::Receiver<Arc<Snapshot>> {
-    let mut generation = 1;
     let current = resources.borrow_and_update().clone();
-    let (tx, rx) = watch::channel(Arc::new(Snapshot::build(&current, generation)));
+    let (tx, rx) = watch::channel(Arc::new(Snapshot::build(&current, 1)));
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -307,9 +306,9 @@ fn spawn_snapshots(
                 }
                 () = wait_stop(&mut stop) => return,
             }
-            generation += 1;
             let current = resources.borrow_and_update().clone();
-            tx.send_replace(Arc::new(Snapshot::build(&current, generation)));
+            let next = Snapshot::build_after(&tx.borrow(), &current);
+            tx.send_replace(Arc::new(next));
         }
     });
     rx

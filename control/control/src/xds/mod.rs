@@ -13,7 +13,7 @@ pub mod session;
 pub mod snapshot;
 
 pub use service::AdsService;
-pub use session::{RequestKind, RequestOutcome, Session, diff};
+pub use session::{RequestKind, RequestOutcome, Session, diff, diff_names};
 pub use snapshot::{Entry, Snapshot, TypeSnapshot};
 
 /// Counters of the ADS server, summed over every stream since start.

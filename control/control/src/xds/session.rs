@@ -41,6 +41,8 @@ pub struct RequestOutcome {
 struct Subscription {
     /// Versions the client holds (or was sent), by resource name.
     known: HashMap<String, String>,
+    /// The snapshot generation `known` equals, once a response was computed.
+    generation: Option<u64>,
 }
 
 /// One stream's delta ADS state.
@@ -74,7 +76,10 @@ impl Session {
             let kind = RequestKind::Subscribe {
                 initial_versions: known.len(),
             };
-            let mut sub = Subscription { known };
+            let mut sub = Subscription {
+                known,
+                generation: None,
+            };
             let response = self.respond(type_url, &mut sub, resources, snapshot, true);
             self.subscriptions.insert(type_url, sub);
             return outcome(kind, response);
@@ -120,7 +125,16 @@ impl Session {
         snapshot: &Snapshot,
         always: bool,
     ) -> Option<DeltaDiscoveryResponse> {
-        let (changed, removed) = diff(&sub.known, resources);
+        if !always && sub.generation == Some(snapshot.generation) {
+            return None;
+        }
+        let (changed, removed) = match (sub.generation, snapshot.base) {
+            (Some(held), Some(base)) if held == base && !always => {
+                diff_names(&sub.known, resources, &resources.touched)
+            }
+            _ => diff(&sub.known, resources),
+        };
+        sub.generation = Some(snapshot.generation);
         if changed.is_empty() && removed.is_empty() && !always {
             return None;
         }
@@ -155,12 +169,7 @@ pub fn diff(
         .entries
         .iter()
         .filter(|(name, e)| known.get(*name).map(String::as_str) != Some(&*e.version))
-        .map(|(name, e)| Resource {
-            version: e.version.to_string(),
-            resource: Some((*e.body).clone()),
-            name: name.clone(),
-            aliases: Vec::new(),
-        })
+        .map(|(name, e)| resource(name, e))
         .collect();
     let mut removed: Vec<String> = known
         .keys()
@@ -169,6 +178,35 @@ pub fn diff(
         .collect();
     removed.sort();
     (changed, removed)
+}
+
+/// [`diff`] restricted to `names`, for a client known to hold everything else already.
+pub fn diff_names<'a>(
+    known: &HashMap<String, String>,
+    resources: &TypeSnapshot,
+    names: impl IntoIterator<Item = &'a String>,
+) -> (Vec<Resource>, Vec<String>) {
+    let (mut changed, mut removed) = (Vec::new(), Vec::new());
+    for name in names {
+        match resources.entries.get(name) {
+            Some(e) if known.get(name).map(String::as_str) != Some(&*e.version) => {
+                changed.push(resource(name, e));
+            }
+            Some(_) => {}
+            None if known.contains_key(name) => removed.push(name.clone()),
+            None => {}
+        }
+    }
+    (changed, removed)
+}
+
+fn resource(name: &str, e: &super::snapshot::Entry) -> Resource {
+    Resource {
+        version: e.version.to_string(),
+        resource: Some((*e.body).clone()),
+        name: name.to_string(),
+        aliases: Vec::new(),
+    }
 }
 
 #[cfg(test)]
