@@ -128,16 +128,16 @@ impl NodeTokens {
         check_node_name(node)?;
         let path = self.dir.join(node);
         let token = hex(&rand::random::<[u8; 32]>());
-        let created = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path);
-        match created {
-            Ok(mut f) => {
-                f.write_all(token.as_bytes())
-                    .and_then(|()| f.sync_all())
-                    .map_err(io_err(&path))?;
+        // Write a private temporary file, then link it into place: the link fails if the
+        // token exists, and a reader never sees a half-written token.
+        let tmp = self
+            .dir
+            .join(format!(".{node}.{}", hex(&rand::random::<[u8; 8]>())));
+        write_private(&tmp, token.as_bytes()).map_err(io_err(&tmp))?;
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
                 self.remember(&token, node);
                 Ok((token, path))
             }
@@ -238,6 +238,16 @@ fn check_node_name(node: &str) -> Result<(), AuthError> {
     } else {
         Err(AuthError::BadNodeName(node.to_string()))
     }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
 }
 
 fn read_token(path: &Path) -> Result<String, AuthError> {

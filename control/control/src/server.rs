@@ -42,6 +42,9 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After shutdown is asked, open streams get this long to close before the server stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A reconnecting node proxy lists every resource it holds in `initial_resource_versions`
+/// (about 100 bytes each): leave room for a large mesh.
+const MAX_ADS_REQUEST: usize = 64 << 20;
 /// Handshaken connections waiting for tonic to pick them up.
 const ACCEPT_QUEUE: usize = 64;
 
@@ -189,7 +192,10 @@ impl Server {
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-            .add_service(AggregatedDiscoveryServiceServer::new(ads))
+            .add_service(
+                AggregatedDiscoveryServiceServer::new(ads)
+                    .max_decoding_message_size(MAX_ADS_REQUEST),
+            )
             .add_service(IstioCertificateServiceServer::new(ca));
         let signal = async move {
             shutdown.await;
