@@ -314,6 +314,14 @@ fn spawn_snapshots(
             }
             let current = resources.borrow_and_update().clone();
             let next = Snapshot::build_after(&tx.borrow(), &current);
+            tracing::info!(
+                generation = next.generation,
+                addresses = next.addresses.entries.len(),
+                authorizations = next.authorizations.entries.len(),
+                changed_addresses = next.addresses.touched.len(),
+                changed_authorizations = next.authorizations.touched.len(),
+                "ads: new resources"
+            );
             tx.send_replace(Arc::new(next));
         }
     });
