@@ -257,3 +257,20 @@ async fn streams_without_a_valid_token_are_refused() {
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     control.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_streams() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let control = Control::start(dir.path(), world(3)).await;
+    let token = control.token("node-0");
+    let mut ads = Ads::open(&control, Some(&token)).await.expect("stream");
+    ads.subscribe(ADDRESS).await;
+    let first = ads.next().await;
+    ads.ack(&first).await;
+    control.stop().await;
+    // The node proxy sees its stream end (and will reconnect), rather than hang.
+    let end = tokio::time::timeout(common::WAIT, ads.rx.message())
+        .await
+        .expect("stream ends in time");
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+}
