@@ -4,6 +4,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod ca;
 pub mod resources;
+pub mod server;
+pub mod xds;
 
 pub use resources::Resources;
