@@ -10,12 +10,12 @@
 //                 bind4/6         apps may not bind the proxy's ports
 //   proxy cgroup: getsockopt      SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST answered from the map,
 //                                 so the proxy reads it exactly as after an nftables REDIRECT
-//   pod netns:    sk_lookup       TCP arriving on a non-loopback interface for a pod address,
-//                                 except the HBONE port, goes to the inbound listener
+//                 sockops         remembers the proxy's own connections by 4-tuple
+//   pod netns:    sk_lookup       TCP for a pod address, except the HBONE port and the proxy's
+//                                 own connections, goes to the inbound listener
 //
 // No loops by construction: the proxy runs outside the pod's cgroup (connect hooks never see
-// its sockets), and its own connections to the app arrive over loopback, which sk_lookup
-// ignores.
+// its sockets), and sk_lookup skips every connection the proxy opened.
 
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -29,7 +29,6 @@
 #define SOL_IP 0
 #define SOL_IPV6 41
 #define SO_ORIGINAL_DST 80 // also IP6T_SO_ORIGINAL_DST
-#define LOOPBACK_IFINDEX 1 // lo is ifindex 1 in every network namespace
 
 #define ALLOW 1
 #define DENY 0
@@ -87,8 +86,27 @@ struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, 4096);
 	__type(key, struct zm_addr);
-	__type(value, __u64);
+	__type(value, __u32); // a socket fd on update, as aya's SockHash writes it
 } zm_inbound SEC(".maps");
+
+// Connections the proxy itself opens (its sockets, from its own cgroup), by 4-tuple as the
+// receiving side sees it. sk_lookup leaves these alone: that is how the proxy's connection to
+// the app inside the pod is told from outside traffic, even when the proxy uses the client's
+// address as its source. (Neither the ingress interface, which for locally delivered traffic
+// is reported as the pod's interface, nor the proxy's SO_MARK is usable there.)
+struct zm_flow {
+	__u32 src[4];
+	__u32 dst[4];
+	__u16 sport; // host byte order
+	__u16 dport; // host byte order
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct zm_flow);
+	__type(value, __u8);
+} zm_proxy_flows SEC(".maps");
 
 static __always_inline int pod_enrolled(void *ctx)
 {
@@ -175,69 +193,92 @@ int zm_connect6(struct bpf_sock_addr *ctx)
 	return ALLOW;
 }
 
+// Context fields read by both sides of a branch: read them all, once, with volatile loads.
+// Otherwise clang merges the branches into one load through a computed context pointer, which
+// the verifier rejects ("dereference of modified ctx ptr").
+#define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
+
+// The app socket's source, as the proxy will see it as its peer. For a v4-mapped connect on a
+// v6 socket the v6 source is set only after the connect callback, so connects that were IPv4
+// always use the IPv4 source.
+static __always_inline void app_source(struct bpf_sock_ops *ops, __u16 family, struct zm_tuple *key)
+{
+	__u32 ip4 = READ_ONCE(ops->local_ip4);
+	__u32 a = READ_ONCE(ops->local_ip6[0]), b = READ_ONCE(ops->local_ip6[1]), c = READ_ONCE(ops->local_ip6[2]),
+	      d = READ_ONCE(ops->local_ip6[3]);
+	__u32 port = READ_ONCE(ops->local_port);
+	if (family == AF_INET) {
+		set_v4mapped(key->addr.ip, ip4);
+	} else {
+		key->addr.ip[0] = a;
+		key->addr.ip[1] = b;
+		key->addr.ip[2] = c;
+		key->addr.ip[3] = d;
+	}
+	key->addr.port = (__u16)port;
+	key->addr.family = family;
+	key->netns = bpf_get_netns_cookie(ops);
+}
+
 // The app socket's source address is chosen inside connect(), after the connect hook: re-key
-// the original destination by it here, before the SYN leaves, so it is in the map before the
-// proxy can accept the connection.
-static __always_inline void remember_tuple(struct bpf_sock_ops *ops)
-{
-	struct bpf_sock *sk = ops->sk;
-	if (!sk)
-		return;
-	struct zm_addr *orig = bpf_sk_storage_get(&zm_sk_orig, sk, 0, 0);
-	if (!orig)
-		return;
-	struct zm_tuple key = {};
-	key.netns = bpf_get_netns_cookie(ops);
-	// For a v4-mapped connect on a v6 socket the v6 source is set only after this
-	// callback, so IPv4 connects always use the IPv4 source.
-	if (orig->family == AF_INET) {
-		set_v4mapped(key.addr.ip, ops->local_ip4);
-	} else {
-		key.addr.ip[0] = ops->local_ip6[0];
-		key.addr.ip[1] = ops->local_ip6[1];
-		key.addr.ip[2] = ops->local_ip6[2];
-		key.addr.ip[3] = ops->local_ip6[3];
-	}
-	key.addr.port = (__u16)ops->local_port;
-	key.addr.family = orig->family;
-	if (bpf_map_update_elem(&zm_orig_dst, &key, orig, BPF_ANY) == 0)
-		bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
-}
-
-static __always_inline void forget_tuple(struct bpf_sock_ops *ops)
-{
-	struct bpf_sock *sk = ops->sk;
-	if (!sk)
-		return;
-	struct zm_addr *orig = bpf_sk_storage_get(&zm_sk_orig, sk, 0, 0);
-	if (!orig)
-		return;
-	struct zm_tuple key = {};
-	key.netns = bpf_get_netns_cookie(ops);
-	if (orig->family == AF_INET) {
-		set_v4mapped(key.addr.ip, ops->local_ip4);
-	} else {
-		key.addr.ip[0] = ops->local_ip6[0];
-		key.addr.ip[1] = ops->local_ip6[1];
-		key.addr.ip[2] = ops->local_ip6[2];
-		key.addr.ip[3] = ops->local_ip6[3];
-	}
-	key.addr.port = (__u16)ops->local_port;
-	key.addr.family = orig->family;
-	bpf_map_delete_elem(&zm_orig_dst, &key);
-}
-
+// the original destination by it at TCP_CONNECT (before the SYN leaves, so it is in the map
+// before the proxy can accept the connection), and drop the entry when the socket closes.
+// One call site for app_source(): two inlined copies get merged by clang into a form the
+// verifier rejects.
 SEC("sockops")
 int zm_sockops(struct bpf_sock_ops *ops)
 {
-	switch (ops->op) {
-	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-		remember_tuple(ops);
-		break;
-	case BPF_SOCK_OPS_STATE_CB:
-		if (ops->args[1] == BPF_TCP_CLOSE)
-			forget_tuple(ops);
-		break;
+	__u32 op = ops->op;
+	int closing = op == BPF_SOCK_OPS_STATE_CB && ops->args[1] == BPF_TCP_CLOSE;
+	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && !closing)
+		return 1;
+	struct bpf_sock *sk = ops->sk;
+	if (!sk)
+		return 1;
+	struct zm_addr *orig = bpf_sk_storage_get(&zm_sk_orig, sk, 0, 0);
+	if (!orig)
+		return 1;
+	struct zm_tuple key = {};
+	app_source(ops, orig->family, &key);
+	if (closing) {
+		bpf_map_delete_elem(&zm_orig_dst, &key);
+	} else if (bpf_map_update_elem(&zm_orig_dst, &key, orig, BPF_ANY) == 0) {
+		bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
+	}
+	return 1;
+}
+
+// On the proxy's cgroup: remembers each connection the proxy opens while it is open.
+SEC("sockops")
+int zm_proxy_sockops(struct bpf_sock_ops *ops)
+{
+	__u32 op = ops->op;
+	int closing = op == BPF_SOCK_OPS_STATE_CB && ops->args[1] == BPF_TCP_CLOSE;
+	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && !closing)
+		return 1;
+	__u32 family = READ_ONCE(ops->family);
+	__u32 l4 = READ_ONCE(ops->local_ip4), r4 = READ_ONCE(ops->remote_ip4);
+	__u32 l[4] = {READ_ONCE(ops->local_ip6[0]), READ_ONCE(ops->local_ip6[1]),
+		      READ_ONCE(ops->local_ip6[2]), READ_ONCE(ops->local_ip6[3])};
+	__u32 r[4] = {READ_ONCE(ops->remote_ip6[0]), READ_ONCE(ops->remote_ip6[1]),
+		      READ_ONCE(ops->remote_ip6[2]), READ_ONCE(ops->remote_ip6[3])};
+	struct zm_flow flow = {};
+	flow.sport = (__u16)READ_ONCE(ops->local_port);
+	flow.dport = (__u16)bpf_ntohl(READ_ONCE(ops->remote_port));
+	// IPv4, or IPv4 through a v6 socket (whose v6 source is not set yet at connect time).
+	if (family == AF_INET || is_v4mapped(r)) {
+		set_v4mapped(flow.src, l4);
+		set_v4mapped(flow.dst, r4);
+	} else {
+		__builtin_memcpy(flow.src, l, sizeof(l));
+		__builtin_memcpy(flow.dst, r, sizeof(r));
+	}
+	if (closing) {
+		bpf_map_delete_elem(&zm_proxy_flows, &flow);
+	} else {
+		__u8 one = 1;
+		if (bpf_map_update_elem(&zm_proxy_flows, &flow, &one, BPF_ANY) == 0)
+			bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
 	}
 	return 1;
 }
@@ -257,15 +298,18 @@ int zm_getsockopt(struct bpf_sockopt *ctx)
 		return 1;
 	struct zm_tuple key = {};
 	key.netns = bpf_get_netns_cookie(ctx);
-	if (sk->family == AF_INET) {
-		set_v4mapped(key.addr.ip, sk->dst_ip4);
+	__u32 family = READ_ONCE(sk->family), ip4 = READ_ONCE(sk->dst_ip4);
+	__u32 a = READ_ONCE(sk->dst_ip6[0]), b = READ_ONCE(sk->dst_ip6[1]), c = READ_ONCE(sk->dst_ip6[2]), d = READ_ONCE(sk->dst_ip6[3]);
+	__u16 port = READ_ONCE(sk->dst_port);
+	if (family == AF_INET) {
+		set_v4mapped(key.addr.ip, ip4);
 	} else {
-		key.addr.ip[0] = sk->dst_ip6[0];
-		key.addr.ip[1] = sk->dst_ip6[1];
-		key.addr.ip[2] = sk->dst_ip6[2];
-		key.addr.ip[3] = sk->dst_ip6[3];
+		key.addr.ip[0] = a;
+		key.addr.ip[1] = b;
+		key.addr.ip[2] = c;
+		key.addr.ip[3] = d;
 	}
-	key.addr.port = bpf_ntohs((__u16)sk->dst_port);
+	key.addr.port = bpf_ntohs(port);
 	key.addr.family = is_v4mapped(key.addr.ip) ? AF_INET : AF_INET6;
 	struct zm_addr *orig = bpf_map_lookup_elem(&zm_orig_dst, &key);
 	if (!orig)
@@ -347,31 +391,43 @@ int zm_bind6(struct bpf_sock_addr *ctx)
 	return ALLOW;
 }
 
-// Inbound steering. Connections from outside arrive on the pod's interface; the proxy's own
-// connections to the app arrive over loopback and are left alone, as is the HBONE port, whose
-// listener the normal lookup finds.
+// Inbound steering: TCP for a captured pod address goes to the proxy's inbound listener,
+// except the HBONE port (whose listener the normal lookup finds) and the proxy's own
+// connections to the app.
 SEC("sk_lookup")
 int zm_sk_lookup(struct bpf_sk_lookup *ctx)
 {
-	if (ctx->protocol != IPPROTO_TCP || ctx->ingress_ifindex == LOOPBACK_IFINDEX)
+	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
-	if (ctx->local_port == zm_hbone_port)
+	__u32 local_port = READ_ONCE(ctx->local_port);
+	if (local_port == zm_hbone_port)
 		return SK_PASS;
+	__u32 family = READ_ONCE(ctx->family);
+	__u32 l4 = READ_ONCE(ctx->local_ip4), r4 = READ_ONCE(ctx->remote_ip4);
+	__u32 l[4] = {READ_ONCE(ctx->local_ip6[0]), READ_ONCE(ctx->local_ip6[1]),
+		      READ_ONCE(ctx->local_ip6[2]), READ_ONCE(ctx->local_ip6[3])};
+	__u32 r[4] = {READ_ONCE(ctx->remote_ip6[0]), READ_ONCE(ctx->remote_ip6[1]),
+		      READ_ONCE(ctx->remote_ip6[2]), READ_ONCE(ctx->remote_ip6[3])};
+	struct zm_flow flow = {};
 	struct zm_addr key = {};
-	if (ctx->family == AF_INET) {
-		set_v4mapped(key.ip, ctx->local_ip4);
+	if (family == AF_INET) {
+		set_v4mapped(flow.src, r4);
+		set_v4mapped(flow.dst, l4);
 		key.family = AF_INET;
 	} else {
-		key.ip[0] = ctx->local_ip6[0];
-		key.ip[1] = ctx->local_ip6[1];
-		key.ip[2] = ctx->local_ip6[2];
-		key.ip[3] = ctx->local_ip6[3];
+		__builtin_memcpy(flow.src, r, sizeof(r));
+		__builtin_memcpy(flow.dst, l, sizeof(l));
 		key.family = AF_INET6;
 	}
+	__builtin_memcpy(key.ip, flow.dst, sizeof(key.ip));
 	struct bpf_sock *listener = bpf_map_lookup_elem(&zm_inbound, &key);
 	if (!listener)
 		return SK_PASS; // not a captured pod address
-	long err = bpf_sk_assign(ctx, listener, 0);
+	flow.sport = bpf_ntohs(READ_ONCE(ctx->remote_port));
+	flow.dport = (__u16)local_port;
+	long err = 0;
+	if (!bpf_map_lookup_elem(&zm_proxy_flows, &flow))
+		err = bpf_sk_assign(ctx, listener, 0);
 	bpf_sk_release(listener);
 	// A captured address whose listener cannot take the connection (closed, wrong family):
 	// refuse rather than deliver it to the app around the proxy.

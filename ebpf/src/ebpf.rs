@@ -30,7 +30,13 @@ const SOCK_ADDR_PROGRAMS: [&str; 6] = [
 ];
 const SOCKOPS: &str = "zm_sockops";
 const GETSOCKOPT: &str = "zm_getsockopt";
+const PROXY_SOCKOPS: &str = "zm_proxy_sockops";
 const SK_LOOKUP: &str = "zm_sk_lookup";
+
+/// Cgroup attachments go through bpf_link (aya does so on 5.7+), which always stacks with
+/// other programs on the cgroup and must be created without attach flags; "Single" is aya's
+/// name for no flags.
+const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 /// `struct zm_addr` in the C source: 16-byte address (IPv4 as v4-mapped), port, family.
 type AddrKey = [u8; 20];
@@ -40,8 +46,8 @@ type AddrKey = [u8; 20];
 pub struct LoadConfig {
     pub ports: Ports,
     /// The cgroup v2 directory the proxy's sockets belong to (where the proxy process was when
-    /// it opened its listeners): `cgroup/getsockopt` is attached there. Default: this process's
-    /// own cgroup.
+    /// it created them): `cgroup/getsockopt` and the proxy's sockops program are attached
+    /// there. Default: this process's own cgroup. It must not contain the pods' cgroups.
     pub proxy_cgroup: Option<PathBuf>,
 }
 
@@ -51,6 +57,7 @@ pub struct Capture {
     bpf: Mutex<Ebpf>,
     maps: Arc<Mutex<Maps>>,
     _getsockopt: CgroupSockoptLink,
+    _proxy_sockops: SockOpsLink,
 }
 
 struct Maps {
@@ -73,14 +80,14 @@ impl Capture {
         load_programs(Ports::default()).map(drop)
     }
 
-    /// Loads the programs and attaches `cgroup/getsockopt` to the proxy's cgroup.
+    /// Loads the programs and attaches the proxy-side hooks to the proxy's cgroup.
     pub fn load(config: LoadConfig) -> Result<Self, Error> {
         let mut bpf = load_programs(config.ports)?;
         let proxy_cgroup = match config.proxy_cgroup {
             Some(path) => path,
             None => own_cgroup()?,
         };
-        let getsockopt = attach_getsockopt(&mut bpf, &proxy_cgroup)?;
+        let (getsockopt, proxy_sockops) = attach_proxy(&mut bpf, &proxy_cgroup)?;
         let maps = Maps {
             pods: take_map(&mut bpf, "zm_pods")?,
             inbound: take_map(&mut bpf, "zm_inbound")?,
@@ -90,6 +97,7 @@ impl Capture {
             bpf: Mutex::new(bpf),
             maps: Arc::new(Mutex::new(maps)),
             _getsockopt: getsockopt,
+            _proxy_sockops: proxy_sockops,
         })
     }
 
@@ -122,7 +130,7 @@ impl Capture {
         for name in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut bpf, name)?;
             let id = prog
-                .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+                .attach(&cgroup, LINK_MODE)
                 .map_err(|source| Error::Program { name, source })?;
             let link = prog
                 .take_link(id)
@@ -135,7 +143,7 @@ impl Capture {
             source,
         };
         let id = prog
-            .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+            .attach(&cgroup, LINK_MODE)
             .map_err(program_err)?;
         pod.links
             .push(PodLink::SockOps(prog.take_link(id).map_err(program_err)?));
@@ -261,11 +269,12 @@ fn load_programs(ports: Ports) -> Result<Ebpf, Error> {
         let prog: &mut CgroupSockAddr = program(&mut bpf, name)?;
         prog.load().map_err(|source| Error::Program { name, source })?;
     }
-    let sockops: &mut SockOps = program(&mut bpf, SOCKOPS)?;
-    sockops.load().map_err(|source| Error::Program {
-        name: SOCKOPS,
-        source,
-    })?;
+    for name in [SOCKOPS, PROXY_SOCKOPS] {
+        let sockops: &mut SockOps = program(&mut bpf, name)?;
+        sockops
+            .load()
+            .map_err(|source| Error::Program { name, source })?;
+    }
     let getsockopt: &mut CgroupSockopt = program(&mut bpf, GETSOCKOPT)?;
     getsockopt.load().map_err(|source| Error::Program {
         name: GETSOCKOPT,
@@ -279,7 +288,12 @@ fn load_programs(ports: Ports) -> Result<Ebpf, Error> {
     Ok(bpf)
 }
 
-fn attach_getsockopt(bpf: &mut Ebpf, cgroup: &Path) -> Result<CgroupSockoptLink, Error> {
+/// The proxy-side hooks: `SO_ORIGINAL_DST` answers and the record of the proxy's own
+/// connections (so sk_lookup never steers them back to the proxy).
+fn attach_proxy(
+    bpf: &mut Ebpf,
+    cgroup: &Path,
+) -> Result<(CgroupSockoptLink, SockOpsLink), Error> {
     let dir = File::open(cgroup).map_err(|source| Error::Cgroup {
         path: cgroup.to_owned(),
         source,
@@ -289,10 +303,15 @@ fn attach_getsockopt(bpf: &mut Ebpf, cgroup: &Path) -> Result<CgroupSockoptLink,
         name: GETSOCKOPT,
         source,
     };
-    let id = prog
-        .attach(&dir, CgroupAttachMode::AllowMultiple)
-        .map_err(err)?;
-    prog.take_link(id).map_err(err)
+    let id = prog.attach(&dir, LINK_MODE).map_err(err)?;
+    let getsockopt = prog.take_link(id).map_err(err)?;
+    let prog: &mut SockOps = program(bpf, PROXY_SOCKOPS)?;
+    let err = |source| Error::Program {
+        name: PROXY_SOCKOPS,
+        source,
+    };
+    let id = prog.attach(&dir, LINK_MODE).map_err(err)?;
+    Ok((getsockopt, prog.take_link(id).map_err(err)?))
 }
 
 /// The program `name` as its concrete type. The names and types are fixed by the object this
