@@ -60,7 +60,7 @@ impl Nftables {
              \t\ttcp dport != {hbone} redirect to :{inbound}\n\
              \t}}\n\
              \tchain output {{\n\
-             \t\ttype nat hook output priority dstnat; policy accept;\n\
+             \t\ttype nat hook output priority -100; policy accept;\n\
              \t\tmeta mark & 0xfff == {mark:#x} return\n\
              \t\tip daddr {{ 0.0.0.0, 127.0.0.0/8 }} return\n\
              \t\tip6 daddr {{ ::, ::1 }} return\n\
