@@ -41,7 +41,8 @@ impl Nftables {
     }
 
     /// The ruleset for one pod. Loading it replaces an earlier copy atomically (the empty
-    /// `table` line makes the `delete` valid when there is none).
+    /// `table` line makes the `delete` valid when there is none). Priority -100 is `dstnat`,
+    /// spelled as a number because nft 1.0 accepts the name only for prerouting.
     pub fn ruleset(&self) -> String {
         let Ports {
             outbound,
@@ -54,7 +55,7 @@ impl Nftables {
              delete table inet {TABLE}\n\
              table inet {TABLE} {{\n\
              \tchain prerouting {{\n\
-             \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+             \t\ttype nat hook prerouting priority -100; policy accept;\n\
              \t\tiifname \"lo\" return\n\
              \t\tmeta mark & 0xfff == {mark:#x} return\n\
              \t\ttcp dport != {hbone} redirect to :{inbound}\n\

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 
 use common::*;
-use zmesh_ebpf::{Capture, LoadConfig, PodCapture, PodSpec};
+use zmesh_ebpf::{Capture, Capturer, LoadConfig, PodCapture, PodSpec};
 
 struct Pod {
     topo: Topology,
@@ -260,4 +260,32 @@ fn a_listener_outside_the_pod_is_refused() {
 fn detect_reports_the_hooks_usable_here() {
     require_root();
     zmesh_ebpf::Capture::detect().expect("eBPF capture is usable on this machine");
+}
+
+#[test]
+fn start_up_chooses_ebpf_here_and_captures_through_it() {
+    let pod = setup();
+    let capturer = Capturer::choose(LoadConfig {
+        proxy_cgroup: Some(proxy_cgroup().to_owned()),
+        ..LoadConfig::default()
+    })
+    .expect("a capture back end");
+    assert_eq!(capturer.name(), "ebpf");
+    let ips = [IpAddr::V4(POD_V4)];
+    let guard = capturer
+        .capture_pod(&PodSpec {
+            netns: pod.topo.pod.as_fd(),
+            cgroup: &pod.cgroup.0,
+            ips: &ips,
+            inbound_v4: Some(pod.proxy.listener(0)),
+            inbound_v6: None,
+        })
+        .expect("capture the pod");
+    assert_eq!(
+        app_connect(&pod, "198.18.0.1:80"),
+        "peer=198.18.0.1:80 reply=outbound 198.18.0.1:80 sockopt"
+    );
+    guard.release().expect("release");
+    let node = format!("{NODE_V4}:{NODE_SERVER_PORT}");
+    assert_eq!(app_connect(&pod, &node), format!("peer={node} reply=node"));
 }
