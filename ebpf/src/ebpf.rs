@@ -142,9 +142,7 @@ impl Capture {
             name: SOCKOPS,
             source,
         };
-        let id = prog
-            .attach(&cgroup, LINK_MODE)
-            .map_err(program_err)?;
+        let id = prog.attach(&cgroup, LINK_MODE).map_err(program_err)?;
         pod.links
             .push(PodLink::SockOps(prog.take_link(id).map_err(program_err)?));
         let prog: &mut SkLookup = program(&mut bpf, SK_LOOKUP)?;
@@ -211,12 +209,10 @@ impl PodCapture {
                 })?;
             self.inbound_keys.push(key);
         }
-        maps.pods
-            .insert(cookie, 0, 0)
-            .map_err(|source| Error::Map {
-                name: "zm_pods",
-                source,
-            })
+        maps.pods.insert(cookie, 0, 0).map_err(|source| Error::Map {
+            name: "zm_pods",
+            source,
+        })
     }
 
     /// Stops capturing the pod: detaches every link, then removes the pod's map entries.
@@ -267,7 +263,8 @@ fn load_programs(ports: Ports) -> Result<Ebpf, Error> {
         .load(OBJECT)?;
     for name in SOCK_ADDR_PROGRAMS {
         let prog: &mut CgroupSockAddr = program(&mut bpf, name)?;
-        prog.load().map_err(|source| Error::Program { name, source })?;
+        prog.load()
+            .map_err(|source| Error::Program { name, source })?;
     }
     for name in [SOCKOPS, PROXY_SOCKOPS] {
         let sockops: &mut SockOps = program(&mut bpf, name)?;
@@ -290,10 +287,7 @@ fn load_programs(ports: Ports) -> Result<Ebpf, Error> {
 
 /// The proxy-side hooks: `SO_ORIGINAL_DST` answers and the record of the proxy's own
 /// connections (so sk_lookup never steers them back to the proxy).
-fn attach_proxy(
-    bpf: &mut Ebpf,
-    cgroup: &Path,
-) -> Result<(CgroupSockoptLink, SockOpsLink), Error> {
+fn attach_proxy(bpf: &mut Ebpf, cgroup: &Path) -> Result<(CgroupSockoptLink, SockOpsLink), Error> {
     let dir = File::open(cgroup).map_err(|source| Error::Cgroup {
         path: cgroup.to_owned(),
         source,

@@ -25,7 +25,6 @@ mod error;
 mod netns;
 pub mod nftables;
 
-
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
@@ -79,4 +78,18 @@ pub struct PodSpec<'a> {
     /// them: sk_lookup hands connections to these sockets (and to their SO_REUSEPORT group).
     pub inbound_v4: Option<BorrowedFd<'a>>,
     pub inbound_v6: Option<BorrowedFd<'a>>,
+}
+
+#[cfg(test)]
+mod tests {
+    /// The node proxy keeps these on its control thread and may hand them to others.
+    #[test]
+    fn handles_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<crate::Capture>();
+        send_sync::<crate::Capturer>();
+        send::<crate::PodCapture>();
+        send::<crate::PodGuard>();
+    }
 }

@@ -36,7 +36,9 @@ impl Nftables {
         if out.status.success() {
             Ok(())
         } else {
-            Err(Error::Nft(String::from_utf8_lossy(&out.stderr).into_owned()))
+            Err(Error::Nft(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
         }
     }
 
@@ -100,10 +102,7 @@ impl NftCapture {
         if std::mem::replace(&mut self.released, true) {
             return Ok(());
         }
-        nft_in(
-            self.netns.as_fd(),
-            &format!("delete table inet {TABLE}\n"),
-        )?;
+        nft_in(self.netns.as_fd(), &format!("delete table inet {TABLE}\n"))?;
         tracing::info!("pod released (nftables)");
         Ok(())
     }
@@ -138,7 +137,9 @@ fn nft_in(netns: BorrowedFd<'_>, script: &str) -> Result<(), Error> {
         if out.status.success() {
             Ok(())
         } else {
-            Err(Error::Nft(String::from_utf8_lossy(&out.stderr).into_owned()))
+            Err(Error::Nft(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
         }
     })?
 }

@@ -1,5 +1,7 @@
 //! The eBPF back end on a real pod/node namespace pair (needs root; fails otherwise).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
@@ -89,7 +91,11 @@ fn only_the_pods_cgroup_and_only_remote_destinations_are_captured() {
     let node = format!("{NODE_V4}:{NODE_SERVER_PORT}");
     // Outside the pod's cgroup (same netns): straight to the node's server.
     assert_eq!(
-        probe(pod.topo.pod.as_fd(), Some(&pod.other.0), &["connect", &node]),
+        probe(
+            pod.topo.pod.as_fd(),
+            Some(&pod.other.0),
+            &["connect", &node]
+        ),
         format!("peer={node} reply=node")
     );
     // Inside the cgroup, loopback stays inside the pod.
@@ -135,7 +141,11 @@ fn inbound_goes_to_the_inbound_listener_except_hbone_and_the_proxys_own() {
     assert_eq!(connect_from(pod.topo.pod.as_fd(), v6, None), "app");
     // ... while the same connection from another process in the pod's netns is captured.
     assert_eq!(
-        probe(pod.topo.pod.as_fd(), Some(&pod.other.0), &["connect", "198.18.0.2:8080"]),
+        probe(
+            pod.topo.pod.as_fd(),
+            Some(&pod.other.0),
+            &["connect", "198.18.0.2:8080"]
+        ),
         "peer=198.18.0.2:8080 reply=inbound 198.18.0.2:8080 local"
     );
 }
@@ -217,7 +227,11 @@ fn release_leaves_no_links_programs_or_pinned_maps() {
         .collect();
     assert!(still_loaded.is_empty(), "programs left: {still_loaded:?}");
     let pinned = std::fs::read_dir("/sys/fs/bpf")
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().contains("zm")).count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().contains("zm"))
+                .count()
+        })
         .unwrap_or(0);
     assert_eq!(pinned, 0, "nothing pinned under /sys/fs/bpf");
 }

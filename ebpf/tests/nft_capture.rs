@@ -3,6 +3,8 @@
 //! only the pod's cgroup), it skips the proxy's sockets by their SO_MARK, and it has no bind
 //! guard.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
@@ -132,7 +134,11 @@ fn release_removes_the_ruleset() {
         assert!(child.wait().unwrap().success());
     });
     let ruleset = in_netns(pod.topo.pod.as_fd(), || run("nft", &["list", "ruleset"]));
-    assert_eq!(ruleset.matches("redirect to :15001").count(), 1, "{ruleset}");
+    assert_eq!(
+        ruleset.matches("redirect to :15001").count(),
+        1,
+        "{ruleset}"
+    );
 
     captured.release().expect("release");
     assert!(!tables().contains(TABLE), "{}", tables());

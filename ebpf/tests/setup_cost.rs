@@ -10,6 +10,8 @@
 //! the median and p90 per mode. Run it with
 //! `cargo test -p zmesh-ebpf --test setup_cost -- --nocapture`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::net::IpAddr;
