@@ -81,7 +81,17 @@ struct {
 	__type(value, struct zm_addr);
 } zm_orig_dst SEC(".maps");
 
-// Pod address -> the proxy's inbound listener in that pod's netns.
+// Captured pod addresses. An address here whose listener is gone (the proxy closed it or is
+// restarting) is refused rather than delivered to the app around the proxy.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct zm_addr);
+	__type(value, __u32);
+} zm_captured SEC(".maps");
+
+// Pod address -> the proxy's inbound listener in that pod's netns. The kernel drops an entry
+// when its socket closes.
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, 4096);
@@ -420,17 +430,19 @@ int zm_sk_lookup(struct bpf_sk_lookup *ctx)
 		key.family = AF_INET6;
 	}
 	__builtin_memcpy(key.ip, flow.dst, sizeof(key.ip));
-	struct bpf_sock *listener = bpf_map_lookup_elem(&zm_inbound, &key);
-	if (!listener)
+	if (!bpf_map_lookup_elem(&zm_captured, &key))
 		return SK_PASS; // not a captured pod address
 	flow.sport = bpf_ntohs(READ_ONCE(ctx->remote_port));
 	flow.dport = (__u16)local_port;
-	long err = 0;
-	if (!bpf_map_lookup_elem(&zm_proxy_flows, &flow))
-		err = bpf_sk_assign(ctx, listener, 0);
+	if (bpf_map_lookup_elem(&zm_proxy_flows, &flow))
+		return SK_PASS;
+	// A captured address whose listener is missing or cannot take the connection (wrong
+	// family): refuse rather than deliver it to the app around the proxy.
+	struct bpf_sock *listener = bpf_map_lookup_elem(&zm_inbound, &key);
+	if (!listener)
+		return SK_DROP;
+	long err = bpf_sk_assign(ctx, listener, 0);
 	bpf_sk_release(listener);
-	// A captured address whose listener cannot take the connection (closed, wrong family):
-	// refuse rather than deliver it to the app around the proxy.
 	return err == 0 ? SK_PASS : SK_DROP;
 }
 

@@ -62,6 +62,7 @@ pub struct Capture {
 
 struct Maps {
     pods: HashMap<MapData, u64, u32>,
+    captured: HashMap<MapData, AddrKey, u32>,
     inbound: SockHash<MapData, AddrKey>,
 }
 
@@ -90,6 +91,7 @@ impl Capture {
         let (getsockopt, proxy_sockops) = attach_proxy(&mut bpf, &proxy_cgroup)?;
         let maps = Maps {
             pods: take_map(&mut bpf, "zm_pods")?,
+            captured: take_map(&mut bpf, "zm_captured")?,
             inbound: take_map(&mut bpf, "zm_inbound")?,
         };
         tracing::info!(proxy_cgroup = %proxy_cgroup.display(), "eBPF capture loaded");
@@ -208,6 +210,12 @@ impl PodCapture {
                     source,
                 })?;
             self.inbound_keys.push(key);
+            maps.captured
+                .insert(key, 0, 0)
+                .map_err(|source| Error::Map {
+                    name: "zm_captured",
+                    source,
+                })?;
         }
         maps.pods.insert(cookie, 0, 0).map_err(|source| Error::Map {
             name: "zm_pods",
@@ -229,11 +237,21 @@ impl PodCapture {
         let mut maps = lock(&self.maps);
         let mut result = Ok(());
         for key in self.inbound_keys.drain(..) {
-            if let Err(source) = maps.inbound.remove(&key) {
+            if let Err(source) = maps.captured.remove(&key) {
                 result = Err(Error::Map {
-                    name: "zm_inbound",
+                    name: "zm_captured",
                     source,
                 });
+            }
+            // The kernel already dropped the entry if the proxy closed the listener.
+            match maps.inbound.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => {
+                    result = Err(Error::Map {
+                        name: "zm_inbound",
+                        source,
+                    })
+                }
             }
         }
         if let Err(source) = maps.pods.remove(&self.netns_cookie) {

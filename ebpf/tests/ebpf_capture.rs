@@ -151,6 +151,19 @@ fn inbound_goes_to_the_inbound_listener_except_hbone_and_the_proxys_own() {
 }
 
 #[test]
+fn inbound_fails_closed_while_the_proxy_listener_is_gone() {
+    let mut pod = setup();
+    let c = load();
+    let _captured = capture(&c, &pod);
+    // The proxy stops (or restarts): its listeners close and the kernel drops them from the
+    // map. Traffic for the pod must not reach the app around the proxy.
+    let proxy = std::mem::replace(&mut pod.proxy, Server::none());
+    drop(proxy);
+    let out = node_connect(&pod, "198.18.0.2:8080");
+    assert_eq!(out, "error: connect: Connection refused (os error 111)");
+}
+
+#[test]
 fn apps_cannot_bind_the_proxy_ports() {
     let pod = setup();
     let c = load();

@@ -11,7 +11,7 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,7 +48,9 @@ fn fail(msg: &str) -> ! {
 }
 
 fn connect(to: SocketAddr) {
-    let mut s = TcpStream::connect(to).unwrap_or_else(|e| fail(&format!("connect: {e}")));
+    // Bounded: a dropped SYN must fail the test, not hang it.
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+        .unwrap_or_else(|e| fail(&format!("connect: {e}")));
     let peer = s
         .peer_addr()
         .map_or_else(|e| format!("({e})"), |a| a.to_string());

@@ -221,6 +221,14 @@ impl Server {
         Self { listeners, threads }
     }
 
+    /// A server with no listeners (stands in for one that was stopped).
+    pub fn none() -> Self {
+        Self {
+            listeners: Vec::new(),
+            threads: Vec::new(),
+        }
+    }
+
     pub fn listener(&self, i: usize) -> BorrowedFd<'_> {
         self.listeners[i].as_fd()
     }
