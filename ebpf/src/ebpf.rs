@@ -56,6 +56,7 @@ pub struct LoadConfig {
 pub struct Capture {
     bpf: Mutex<Ebpf>,
     maps: Arc<Mutex<Maps>>,
+    proxy_cgroup: PathBuf,
     _getsockopt: CgroupSockoptLink,
     _proxy_sockops: SockOpsLink,
 }
@@ -95,9 +96,11 @@ impl Capture {
             inbound: take_map(&mut bpf, "zm_inbound")?,
         };
         tracing::info!(proxy_cgroup = %proxy_cgroup.display(), "eBPF capture loaded");
+        let proxy_cgroup = proxy_cgroup.canonicalize().unwrap_or(proxy_cgroup);
         Ok(Self {
             bpf: Mutex::new(bpf),
             maps: Arc::new(Mutex::new(maps)),
+            proxy_cgroup,
             _getsockopt: getsockopt,
             _proxy_sockops: proxy_sockops,
         })
@@ -115,6 +118,15 @@ impl Capture {
     /// Captures one pod: fills the maps, then attaches the cgroup hooks to `spec.cgroup` and
     /// sk_lookup to `spec.netns`. Dropping (or releasing) the result undoes all of it.
     pub fn capture_pod(&self, spec: &PodSpec<'_>) -> Result<PodCapture, Error> {
+        // Programs on a cgroup also run for its descendants: a pod below the proxy's cgroup
+        // would have its connections taken for the proxy's own.
+        let pod_cgroup = spec.cgroup.canonicalize().map_err(|source| Error::Cgroup {
+            path: spec.cgroup.to_owned(),
+            source,
+        })?;
+        if pod_cgroup.starts_with(&self.proxy_cgroup) {
+            return Err(Error::PodCgroupInsideProxy(pod_cgroup));
+        }
         let cookie = netns_cookie(spec.netns)?;
         let cgroup = File::open(spec.cgroup).map_err(|source| Error::Cgroup {
             path: spec.cgroup.to_owned(),

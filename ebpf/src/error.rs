@@ -23,6 +23,8 @@ pub enum Error {
     NoCgroup2,
     #[error("cgroup {path}: {source}")]
     Cgroup { path: PathBuf, source: io::Error },
+    #[error("pod cgroup {0} is inside the proxy's cgroup")]
+    PodCgroupInsideProxy(PathBuf),
     #[error("pod network namespace: {0}")]
     Netns(io::Error),
     #[error("the inbound listener given for the pod is not in the pod's network namespace")]

@@ -284,6 +284,28 @@ fn a_listener_outside_the_pod_is_refused() {
 }
 
 #[test]
+fn a_pod_cgroup_inside_the_proxys_is_refused() {
+    let pod = setup();
+    let c = load();
+    let inner = proxy_cgroup().join(format!("pod-inside-{}", std::process::id()));
+    std::fs::create_dir(&inner).unwrap();
+    let ips = [IpAddr::V4(POD_V4)];
+    let result = c.capture_pod(&PodSpec {
+        netns: pod.topo.pod.as_fd(),
+        cgroup: &inner,
+        ips: &ips,
+        inbound_v4: Some(pod.proxy.listener(0)),
+        inbound_v6: None,
+    });
+    std::fs::remove_dir(&inner).unwrap();
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err, zmesh_ebpf::Error::PodCgroupInsideProxy(_)),
+        "{err}"
+    );
+}
+
+#[test]
 fn detect_reports_the_hooks_usable_here() {
     require_root();
     zmesh_ebpf::Capture::detect().expect("eBPF capture is usable on this machine");
