@@ -32,7 +32,7 @@ use std::path::Path;
 pub use backend::{Capturer, PodGuard};
 pub use ebpf::{Capture, LoadConfig, PodCapture};
 pub use error::Error;
-pub use netns::cgroup2_mount;
+pub use netns::{cgroup2_mount, run_in_netns};
 
 /// The outbound listener's port (Istio's 15001). Captured connects go to `127.0.0.1` or `::1`
 /// at this port inside the pod's netns.

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use crate::Error;
 
 /// Runs `f` on a new thread that has entered `netns`; the thread ends with `f`. Sockets it
-/// creates and processes it starts belong to that namespace.
-pub(crate) fn run_in<T: Send>(
+/// creates and processes it starts belong to that namespace. This is how the node proxy should
+/// open its listeners in a pod's netns: never `setns` a runtime thread.
+pub fn run_in_netns<T: Send>(
     netns: BorrowedFd<'_>,
     f: impl FnOnce() -> T + Send,
 ) -> Result<T, Error> {
@@ -27,7 +28,7 @@ pub(crate) fn run_in<T: Send>(
 
 /// The cookie the kernel gives `netns` (what `bpf_get_netns_cookie` returns for its sockets).
 pub(crate) fn netns_cookie(netns: BorrowedFd<'_>) -> Result<u64, Error> {
-    run_in(netns, || {
+    run_in_netns(netns, || {
         let probe = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
         socket_netns_cookie(probe.as_raw_fd())
     })?

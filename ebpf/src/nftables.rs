@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Command, Stdio};
 
-use crate::netns::run_in;
+use crate::netns::run_in_netns;
 use crate::{Error, PodSpec, Ports};
 
 /// The table this module owns in each pod's netns.
@@ -118,7 +118,7 @@ impl Drop for NftCapture {
 
 /// Runs `nft -f -` with `script` inside `netns` (the child inherits the thread's netns).
 fn nft_in(netns: BorrowedFd<'_>, script: &str) -> Result<(), Error> {
-    run_in(netns, || {
+    run_in_netns(netns, || {
         let mut child = Command::new("nft")
             .args(["-f", "-"])
             .stdin(Stdio::piped())
