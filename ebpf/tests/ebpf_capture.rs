@@ -104,6 +104,12 @@ fn only_the_pods_cgroup_and_only_remote_destinations_are_captured() {
         "peer=127.0.0.1:8080 reply=app"
     );
     assert_eq!(app_connect(&pod, "[::1]:8080"), "peer=[::1]:8080 reply=app");
+    // A connection that was not redirected gets no original destination from the hook, even
+    // on the proxy's own port: the proxy falls back to the local address.
+    assert_eq!(
+        app_connect(&pod, "127.0.0.1:15001"),
+        "peer=127.0.0.1:15001 reply=outbound 127.0.0.1:15001 local"
+    );
 }
 
 fn node_connect(pod: &Pod, to: &str) -> String {
