@@ -140,33 +140,8 @@ impl Capture {
             released: false,
         };
         pod.fill_maps(spec, cookie)?;
-        let mut bpf = lock(&self.bpf);
-        for name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = program(&mut bpf, name)?;
-            let id = prog
-                .attach(&cgroup, LINK_MODE)
-                .map_err(|source| Error::Program { name, source })?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| Error::Program { name, source })?;
-            pod.links.push(PodLink::SockAddr(link));
-        }
-        let prog: &mut SockOps = program(&mut bpf, SOCKOPS)?;
-        let program_err = |source| Error::Program {
-            name: SOCKOPS,
-            source,
-        };
-        let id = prog.attach(&cgroup, LINK_MODE).map_err(program_err)?;
-        pod.links
-            .push(PodLink::SockOps(prog.take_link(id).map_err(program_err)?));
-        let prog: &mut SkLookup = program(&mut bpf, SK_LOOKUP)?;
-        let program_err = |source| Error::Program {
-            name: SK_LOOKUP,
-            source,
-        };
-        let id = prog.attach(spec.netns).map_err(program_err)?;
-        pod.links
-            .push(PodLink::SkLookup(prog.take_link(id).map_err(program_err)?));
+        // Maps first: once a hook is attached it must find the pod's entries.
+        attach_pod(&mut lock(&self.bpf), &cgroup, spec.netns, &mut pod.links)?;
         tracing::info!(
             netns_cookie = cookie,
             cgroup = %spec.cgroup.display(),
@@ -313,6 +288,37 @@ fn load_programs(ports: Ports) -> Result<Ebpf, Error> {
         source,
     })?;
     Ok(bpf)
+}
+
+/// Attaches the per-pod hooks, pushing each link as it is made, so a failure half-way leaves
+/// the caller holding (and dropping, hence detaching) the ones already attached.
+fn attach_pod(
+    bpf: &mut Ebpf,
+    cgroup: &File,
+    netns: BorrowedFd<'_>,
+    links: &mut Vec<PodLink>,
+) -> Result<(), Error> {
+    for name in SOCK_ADDR_PROGRAMS {
+        let prog: &mut CgroupSockAddr = program(bpf, name)?;
+        let err = |source| Error::Program { name, source };
+        let id = prog.attach(cgroup, LINK_MODE).map_err(err)?;
+        links.push(PodLink::SockAddr(prog.take_link(id).map_err(err)?));
+    }
+    let prog: &mut SockOps = program(bpf, SOCKOPS)?;
+    let err = |source| Error::Program {
+        name: SOCKOPS,
+        source,
+    };
+    let id = prog.attach(cgroup, LINK_MODE).map_err(err)?;
+    links.push(PodLink::SockOps(prog.take_link(id).map_err(err)?));
+    let prog: &mut SkLookup = program(bpf, SK_LOOKUP)?;
+    let err = |source| Error::Program {
+        name: SK_LOOKUP,
+        source,
+    };
+    let id = prog.attach(netns).map_err(err)?;
+    links.push(PodLink::SkLookup(prog.take_link(id).map_err(err)?));
+    Ok(())
 }
 
 /// The proxy-side hooks: `SO_ORIGINAL_DST` answers and the record of the proxy's own

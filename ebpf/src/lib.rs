@@ -6,8 +6,9 @@
 //! - [`Capture`] (eBPF, the default): `cgroup/connect4|6` on the pod's cgroup redirects the app's
 //!   connects to the outbound listener and `cgroup/getsockopt` on the proxy's cgroup answers
 //!   `SO_ORIGINAL_DST` from a map; `sk_lookup` on the pod's netns hands inbound TCP (except the
-//!   HBONE port and loopback) to the inbound listener, whose local address then *is* the
-//!   original destination; `cgroup/bind4|6` keeps apps off the proxy's ports.
+//!   HBONE port and the proxy's own connections, recorded from its cgroup) to the inbound
+//!   listener, whose local address then *is* the original destination; `cgroup/bind4|6` keeps
+//!   apps off the proxy's ports.
 //! - [`nftables`]: an in-pod ruleset (REDIRECT + conntrack's `SO_ORIGINAL_DST`), where the hooks
 //!   are unavailable.
 //!
