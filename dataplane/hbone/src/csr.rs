@@ -3,9 +3,7 @@
 //! signed with SHA-256, PEM-encoded. The key comes back as PKCS#8 so it can be paired with the
 //! chain the CA returns.
 
-use rcgen::{
-    CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType,
-};
+use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use zmesh_state::Identity;
 
@@ -63,7 +61,8 @@ impl CsrRequest {
         let (roots, chain) = cert_chain.split_last().ok_or(CsrError::NoRoot(0))?;
         let chain_pem: String = chain.concat();
         let key_pem = crate::tls::to_pem("PRIVATE KEY", self.key.secret_der());
-        let cert = WorkloadCert::from_pem(chain_pem.as_bytes(), key_pem.as_bytes(), roots.as_bytes())?;
+        let cert =
+            WorkloadCert::from_pem(chain_pem.as_bytes(), key_pem.as_bytes(), roots.as_bytes())?;
         if cert.identity != self.identity {
             return Err(CertError::WrongIdentity {
                 found: cert.identity.to_uri(),
@@ -115,7 +114,10 @@ mod tests {
         let id = Identity::new("cluster.local", "demo", "web");
         let other = Identity::new("cluster.local", "demo", "db");
         let (leaf, _) = ca
-            .issue_raw(&crate::ca::LeafSpec::for_identity(&other, std::time::Duration::from_secs(60)))
+            .issue_raw(&crate::ca::LeafSpec::for_identity(
+                &other,
+                std::time::Duration::from_secs(60),
+            ))
             .expect("leaf");
         let leaf_pem = crate::tls::to_pem("CERTIFICATE", &leaf[0]);
         let req = CsrRequest::new(&id).expect("csr");

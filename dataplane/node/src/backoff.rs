@@ -57,7 +57,11 @@ mod tests {
         assert_eq!(top[8], Duration::from_secs(15), "capped");
         assert_eq!(top[9], Duration::from_secs(15));
         b.reset();
-        assert_eq!(b.next_delay(0.0), Duration::from_millis(50), "lowest jitter is half a step");
+        assert_eq!(
+            b.next_delay(0.0),
+            Duration::from_millis(50),
+            "lowest jitter is half a step"
+        );
     }
 
     #[test]
@@ -65,7 +69,10 @@ mod tests {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(150));
         for _ in 0..30 {
             let d = b.next_delay(jitter());
-            assert!(d <= Duration::from_secs(150) && d >= Duration::from_millis(500), "{d:?}");
+            assert!(
+                d <= Duration::from_secs(150) && d >= Duration::from_millis(500),
+                "{d:?}"
+            );
         }
     }
 }

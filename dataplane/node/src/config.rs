@@ -60,15 +60,30 @@ pub struct Args {
     pub token_file: Option<PathBuf>,
 
     /// This proxy's pod name, for the xDS node id `ztunnel~IP~NAME.NS~NS.svc.cluster.local`.
-    #[arg(long, env = "POD_NAME", default_value = "zmesh-node", value_name = "NAME")]
+    #[arg(
+        long,
+        env = "POD_NAME",
+        default_value = "zmesh-node",
+        value_name = "NAME"
+    )]
     pub pod_name: String,
 
     /// This proxy's pod namespace (xDS node id).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system", value_name = "NS")]
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "istio-system",
+        value_name = "NS"
+    )]
     pub pod_namespace: String,
 
     /// This proxy's IP address (xDS node id and INSTANCE_IPS).
-    #[arg(long, env = "INSTANCE_IP", default_value = "1.1.1.1", value_name = "IP")]
+    #[arg(
+        long,
+        env = "INSTANCE_IP",
+        default_value = "1.1.1.1",
+        value_name = "IP"
+    )]
     pub instance_ip: String,
 
     /// This node's name. Workloads whose `node` equals it are served here: the proxy listens
@@ -102,7 +117,12 @@ pub struct Args {
 
     /// Directory with workload certificates: root-cert.pem, and for each identity
     /// <namespace>/<service-account>/cert-chain.pem and key.pem.
-    #[arg(long, env = "ZMESH_CERT_DIR", value_name = "DIR", conflicts_with = "xds_address")]
+    #[arg(
+        long,
+        env = "ZMESH_CERT_DIR",
+        value_name = "DIR",
+        conflicts_with = "xds_address"
+    )]
     pub cert_dir: Option<PathBuf>,
 
     /// Lifetime of workload certificates: minted by --dev-ca, or asked of the CA

@@ -32,7 +32,11 @@ impl Pending {
         if !self.xds_synced {
             out.push("xds (first Address and Authorization responses)".to_owned());
         }
-        out.extend(self.certs_missing.iter().map(|id| format!("certificate {id}")));
+        out.extend(
+            self.certs_missing
+                .iter()
+                .map(|id| format!("certificate {id}")),
+        );
         out
     }
 }
@@ -216,7 +220,13 @@ fn policy_inputs_changed(old: &Snapshot, new: &Snapshot, node: &str) -> bool {
         let mut v: Vec<_> = s
             .workloads()
             .filter(|w| w.node == node)
-            .map(|w| (w.uid.clone(), w.namespace.clone(), w.authorization_policies.clone()))
+            .map(|w| {
+                (
+                    w.uid.clone(),
+                    w.namespace.clone(),
+                    w.authorization_policies.clone(),
+                )
+            })
             .collect();
         v.sort();
         v
@@ -250,9 +260,25 @@ mod tests {
             ..Default::default()
         };
         let a = snap(vec![p(Action::Allow)], vec![]);
-        assert!(!policy_inputs_changed(&a, &snap(vec![p(Action::Allow)], vec![]), "n1"));
-        assert!(policy_inputs_changed(&a, &snap(vec![p(Action::Deny)], vec![]), "n1"));
-        assert!(policy_inputs_changed(&a, &snap(vec![p(Action::Allow)], vec!["demo/p".into()]), "n1"));
-        assert!(!policy_inputs_changed(&a, &snap(vec![p(Action::Allow)], vec!["demo/p".into()]), "n2"));
+        assert!(!policy_inputs_changed(
+            &a,
+            &snap(vec![p(Action::Allow)], vec![]),
+            "n1"
+        ));
+        assert!(policy_inputs_changed(
+            &a,
+            &snap(vec![p(Action::Deny)], vec![]),
+            "n1"
+        ));
+        assert!(policy_inputs_changed(
+            &a,
+            &snap(vec![p(Action::Allow)], vec!["demo/p".into()]),
+            "n1"
+        ));
+        assert!(!policy_inputs_changed(
+            &a,
+            &snap(vec![p(Action::Allow)], vec!["demo/p".into()]),
+            "n2"
+        ));
     }
 }

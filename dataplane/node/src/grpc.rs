@@ -55,10 +55,15 @@ impl Target {
         };
         let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
         if uri.scheme_str() != Some("https") {
-            return Err(bad("only https:// is supported (the control plane is always TLS)"));
+            return Err(bad(
+                "only https:// is supported (the control plane is always TLS)",
+            ));
         }
         let host = uri.host().ok_or_else(|| bad("no host"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = uri.port_u16().unwrap_or(443);
         let tls = client_tls(root)?;
         Ok(Target {
@@ -118,7 +123,10 @@ impl Target {
         };
         let cluster = self.cluster_id.parse().map_err(|_| GrpcError::Url {
             url: self.url.clone(),
-            reason: format!("cluster id {:?} is not a valid header value", self.cluster_id),
+            reason: format!(
+                "cluster id {:?} is not a valid header value",
+                self.cluster_id
+            ),
         })?;
         Ok(Headers { token, cluster })
     }
@@ -157,11 +165,10 @@ fn client_tls(root: &Path) -> Result<Arc<rustls::ClientConfig>, GrpcError> {
     if store.is_empty() {
         return Err(file("no certificate".to_owned()));
     }
-    let mut cfg =
-        rustls::ClientConfig::builder_with_provider(zmesh_hbone::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(store)
-            .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(zmesh_hbone::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(store)
+        .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
 }

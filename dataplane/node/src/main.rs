@@ -80,9 +80,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let xds = match (&args.config, &args.xds_address) {
         (Some(path), _) => {
-            state.mesh = Arc::new(
-                zmesh_state::load_local_config(path).map_err(|e| anyhow::anyhow!("{e}"))?,
-            );
+            state.mesh =
+                Arc::new(zmesh_state::load_local_config(path).map_err(|e| anyhow::anyhow!("{e}"))?);
             state.certs = cert_source(&args)?.certs_for(state.local_workloads())?;
             tracing::info!(
                 node = %args.node_name, workloads = state.mesh.workloads().count(),
@@ -181,7 +180,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             ready_shards: ready,
             driver: driver.to_string(),
             shutdown: Arc::new(tokio::sync::Notify::new()),
-            xds: xds_parts.as_ref().map(|x| (x.status.clone(), x.pending.clone())),
+            xds: xds_parts
+                .as_ref()
+                .map(|x| (x.status.clone(), x.pending.clone())),
         });
         for (addr, ep) in [
             (args.admin_addr.0, admin::Endpoint::Admin),

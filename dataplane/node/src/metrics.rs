@@ -538,7 +538,12 @@ impl Collector for XdsCollector {
                 .map(move |(k, v)| (TypeUrlLabel { url: k.clone() }, f(v)))
                 .collect::<Vec<_>>()
         };
-        counter(&mut enc, "xds_message", "xDS responses received, by type url", by(|v| v.0))?;
+        counter(
+            &mut enc,
+            "xds_message",
+            "xDS responses received, by type url",
+            by(|v| v.0),
+        )?;
         counter(
             &mut enc,
             "xds_message_bytes",

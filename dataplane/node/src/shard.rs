@@ -181,7 +181,13 @@ impl Shard {
     ) -> PolicyEntry {
         let id = self.next_id();
         let close = Rc::new(Notify::new());
-        let info = conn_info(self.id, direction, src, dst, peer.as_ref().map(Identity::to_uri));
+        let info = conn_info(
+            self.id,
+            direction,
+            src,
+            dst,
+            peer.as_ref().map(Identity::to_uri),
+        );
         let policy = Some(PolicyCheck {
             peer,
             close: close.clone(),
@@ -227,7 +233,12 @@ impl Shard {
                 );
             }
         }
-        tracing::debug!(shard = self.id, closed, version = state.version, "policy re-checked");
+        tracing::debug!(
+            shard = self.id,
+            closed,
+            version = state.version,
+            "policy re-checked"
+        );
     }
 }
 
@@ -375,7 +386,12 @@ fn run(rt: Runtime, spec: ShardSpec) {
         while let Some(cmd) = commands.recv().await {
             match cmd {
                 Command::Connections(reply) => {
-                    let list = shard.table.borrow().values().map(|t| t.info.clone()).collect();
+                    let list = shard
+                        .table
+                        .borrow()
+                        .values()
+                        .map(|t| t.info.clone())
+                        .collect();
                     let _ = reply.send(list);
                 }
                 Command::Listen(spec) => workloads.listen(&shard, spec),

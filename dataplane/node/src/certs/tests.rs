@@ -32,7 +32,10 @@ fn renews_at_half_of_the_lifetime() {
     book.set_wanted(&ids(&[&web]), at(T0));
     assert_eq!(book.missing(at(T0)), vec![web.clone()]);
     assert_eq!(book.take_due(at(T0)), vec![web.clone()]);
-    assert!(book.take_due(at(T0)).is_empty(), "in flight is not due twice");
+    assert!(
+        book.take_due(at(T0)).is_empty(),
+        "in flight is not due twice"
+    );
     assert_eq!(book.next_due(), None);
     // A 4 s certificate issued at T0 is renewed at T0+2.
     book.succeeded(&web, cert(&ca, &web, T0, T0 + 4));
@@ -60,8 +63,14 @@ fn failures_back_off_and_keep_the_old_cert_until_it_expires() {
     book.take_due(now + d1);
     let d2 = book.failed(&web, now + d1, 1.0).unwrap();
     assert_eq!(d2, d1 * 2, "doubles");
-    assert!(book.usable(at(T0 + 99)).contains_key(&web), "old cert kept while valid");
-    assert!(!book.usable(at(T0 + 100)).contains_key(&web), "not past its expiry");
+    assert!(
+        book.usable(at(T0 + 99)).contains_key(&web),
+        "old cert kept while valid"
+    );
+    assert!(
+        !book.usable(at(T0 + 100)).contains_key(&web),
+        "not past its expiry"
+    );
     assert_eq!(book.missing(at(T0 + 100)), vec![web.clone()]);
     // The cap: many failures never wait longer than 150 s.
     let mut t = at(T0 + 100);
@@ -82,7 +91,10 @@ fn drops_certs_of_identities_that_left() {
     book.set_wanted(&ids(&[&web, &db]), at(T0));
     assert_eq!(book.take_due(at(T0)), vec![db.clone(), web.clone()]);
     book.succeeded(&web, cert(&ca, &web, T0, T0 + 100));
-    assert!(book.set_wanted(&ids(&[&db]), at(T0 + 1)), "web's cert dropped");
+    assert!(
+        book.set_wanted(&ids(&[&db]), at(T0 + 1)),
+        "web's cert dropped"
+    );
     assert!(book.usable(at(T0 + 1)).is_empty());
     // A late answer for an identity that left is ignored.
     book.succeeded(&web, cert(&ca, &web, T0, T0 + 100));

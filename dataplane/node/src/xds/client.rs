@@ -96,19 +96,19 @@ impl XdsClient {
         backoff: &mut Backoff,
     ) -> Result<(), StreamError> {
         let channel = self.target.connect().await?;
-        let mut client = AggregatedDiscoveryServiceClient::with_interceptor(
-            channel,
-            self.target.headers()?,
-        )
-        .max_decoding_message_size(MAX_MESSAGE);
+        let mut client =
+            AggregatedDiscoveryServiceClient::with_interceptor(channel, self.target.headers()?)
+                .max_decoding_message_size(MAX_MESSAGE);
         let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
         for req in store.initial_requests(&self.node) {
             tracing::debug!(type_url = %req.type_url, known = req.initial_resource_versions.len(), "subscribing");
             let _ = tx.send(req);
         }
-        let requests = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|r| (r, rx))
-        });
+        let requests =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            );
         let mut responses = client
             .delta_aggregated_resources(requests)
             .await?
@@ -132,7 +132,10 @@ impl XdsClient {
                     snapshot: Arc::new(snapshot),
                     synced,
                 };
-                self.updates.send(update).await.map_err(|_| StreamError::Stopped)?;
+                self.updates
+                    .send(update)
+                    .await
+                    .map_err(|_| StreamError::Stopped)?;
             }
             self.update_status(|s| {
                 let t = resp.type_url.clone();
@@ -142,7 +145,8 @@ impl XdsClient {
                         s.last_acked_nonce.insert(t, resp.nonce.clone());
                     }
                     Some(d) => {
-                        s.last_nacked.insert(t, (resp.nonce.clone(), d.message.clone()));
+                        s.last_nacked
+                            .insert(t, (resp.nonce.clone(), d.message.clone()));
                     }
                 }
             });

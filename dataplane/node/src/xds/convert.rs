@@ -9,9 +9,8 @@ use ipnet::IpNet;
 use prost::Message;
 use zmesh_proto::{security as sec, workload as wl};
 use zmesh_state::{
-    Action, Authorization, Clause, GatewayAddress, GatewayDestination, Match, NetworkAddress,
-    Rule, Scope, Service, ServiceAccountMatch, StringMatch, TunnelProtocol, Workload,
-    WorkloadStatus,
+    Action, Authorization, Clause, GatewayAddress, GatewayDestination, Match, NetworkAddress, Rule,
+    Scope, Service, ServiceAccountMatch, StringMatch, TunnelProtocol, Workload, WorkloadStatus,
 };
 
 /// Why one resource cannot be used; the text goes into the NACK.
@@ -27,7 +26,11 @@ pub enum ConvertError {
     #[error("{field}: address of {len} bytes (want 4 or 16)")]
     IpLength { field: &'static str, len: usize },
     #[error("{field}: prefix length {len} too long for {ip}")]
-    Prefix { field: &'static str, ip: IpAddr, len: u32 },
+    Prefix {
+        field: &'static str,
+        ip: IpAddr,
+        len: u32,
+    },
     #[error("{field}: port {port} out of range")]
     Port { field: &'static str, port: u32 },
     #[error("{field}: unknown enum value {value}")]
@@ -248,7 +251,11 @@ pub fn policy(p: sec::Authorization) -> Result<Authorization, ConvertError> {
                 .clauses
                 .into_iter()
                 .map(|c| {
-                    let matches = c.matches.into_iter().map(rbac_match).collect::<Result<_, _>>()?;
+                    let matches = c
+                        .matches
+                        .into_iter()
+                        .map(rbac_match)
+                        .collect::<Result<_, _>>()?;
                     Ok(Clause { matches })
                 })
                 .collect::<Result<_, ConvertError>>()?;
@@ -282,7 +289,10 @@ fn rbac_match(m: sec::Match) -> Result<Match, ConvertError> {
     })
 }
 
-fn strings(field: &'static str, list: Vec<sec::StringMatch>) -> Result<Vec<StringMatch>, ConvertError> {
+fn strings(
+    field: &'static str,
+    list: Vec<sec::StringMatch>,
+) -> Result<Vec<StringMatch>, ConvertError> {
     use sec::string_match::MatchType;
     list.into_iter()
         .map(|s| match s.match_type {

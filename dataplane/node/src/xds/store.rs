@@ -81,15 +81,21 @@ impl Store {
         let mut rejected = Vec::new();
         let mut changed = false;
         match resp.type_url.as_str() {
-            ADDRESS => apply_type(&mut self.addresses, resp, &mut rejected, &mut changed, |a| {
-                convert::address(a).map(|r| {
-                    let key = match &r {
-                        AddressResource::Workload(w) => w.uid.clone(),
-                        AddressResource::Service(s) => s.key(),
-                    };
-                    (key, r)
-                })
-            }),
+            ADDRESS => apply_type(
+                &mut self.addresses,
+                resp,
+                &mut rejected,
+                &mut changed,
+                |a| {
+                    convert::address(a).map(|r| {
+                        let key = match &r {
+                            AddressResource::Workload(w) => w.uid.clone(),
+                            AddressResource::Service(s) => s.key(),
+                        };
+                        (key, r)
+                    })
+                },
+            ),
             AUTHORIZATION => {
                 apply_type(&mut self.policies, resp, &mut rejected, &mut changed, |a| {
                     convert::authorization(a).map(|p| (p.key(), p))
@@ -101,7 +107,11 @@ impl Store {
             // Clashes among resources of this response are rejected as well.
             let (_, evicted) = self.snapshot();
             let names: Vec<&str> = resp.resources.iter().map(|r| r.name.as_str()).collect();
-            rejected.extend(evicted.into_iter().filter(|(n, _)| names.contains(&n.as_str())));
+            rejected.extend(
+                evicted
+                    .into_iter()
+                    .filter(|(n, _)| names.contains(&n.as_str())),
+            );
         }
         let error_detail = (!rejected.is_empty()).then(|| Status {
             code: INVALID_ARGUMENT,
@@ -186,7 +196,11 @@ fn apply_type<T>(
         };
         match convert(any) {
             Ok((key, value)) => {
-                let name = if r.name.is_empty() { key } else { r.name.clone() };
+                let name = if r.name.is_empty() {
+                    key
+                } else {
+                    r.name.clone()
+                };
                 map.insert(
                     name,
                     Entry {

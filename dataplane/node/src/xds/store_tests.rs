@@ -63,11 +63,20 @@ fn adds_replaces_removes_and_acks() {
     assert!(evicted.is_empty());
     assert_eq!(snap.workloads().count(), 1);
     let ip = "10.0.0.9".parse().unwrap();
-    assert_eq!(snap.workload_by_ip("", ip).map(|w| w.uid.as_str()), Some("w1"));
+    assert_eq!(
+        snap.workload_by_ip("", ip).map(|w| w.uid.as_str()),
+        Some("w1")
+    );
     let reqs = s.initial_requests(&Node::default());
     assert_eq!(reqs[0].type_url, ADDRESS);
     assert_eq!(reqs[0].resource_names_subscribe, vec!["*"]);
-    assert_eq!(reqs[0].initial_resource_versions.get("w1").map(String::as_str), Some("2"));
+    assert_eq!(
+        reqs[0]
+            .initial_resource_versions
+            .get("w1")
+            .map(String::as_str),
+        Some("2")
+    );
     assert_eq!(reqs[0].initial_resource_versions.len(), 1);
     assert!(reqs[1].initial_resource_versions.is_empty());
     // Removing something unknown changes nothing.
@@ -94,15 +103,25 @@ fn nacks_the_bad_resource_and_applies_the_good_ones() {
     let names: Vec<&str> = a.rejected.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, vec!["w3", "w4"]);
     let detail = a.reply.error_detail.expect("a NACK");
-    assert!(detail.message.contains("w3: addresses: address of 2 bytes"), "{}", detail.message);
+    assert!(
+        detail.message.contains("w3: addresses: address of 2 bytes"),
+        "{}",
+        detail.message
+    );
     assert!(detail.message.contains("w4: "), "{}", detail.message);
     let (snap, _) = s.snapshot();
-    assert_eq!(snap.workloads().map(|w| w.uid.as_str()).collect::<Vec<_>>(), vec!["w1"]);
+    assert_eq!(
+        snap.workloads().map(|w| w.uid.as_str()).collect::<Vec<_>>(),
+        vec!["w1"]
+    );
     // Once the clash is gone, the held resource joins.
     s.apply(&push(vec![], &["w1"], "n2"));
     let (snap, evicted) = s.snapshot();
     assert!(evicted.is_empty());
-    assert_eq!(snap.workloads().map(|w| w.uid.as_str()).collect::<Vec<_>>(), vec!["w4"]);
+    assert_eq!(
+        snap.workloads().map(|w| w.uid.as_str()).collect::<Vec<_>>(),
+        vec!["w4"]
+    );
 }
 
 #[test]
@@ -121,7 +140,10 @@ fn policies_are_keyed_and_unknown_types_nacked() {
         ..Default::default()
     });
     assert!(a.changed && a.reply.error_detail.is_none());
-    assert!(s.snapshot().0.policy_by_key("demo/deny").is_some(), "keyed ns/name when unnamed");
+    assert!(
+        s.snapshot().0.policy_by_key("demo/deny").is_some(),
+        "keyed ns/name when unnamed"
+    );
     let a = s.apply(&DeltaDiscoveryResponse {
         type_url: "type.googleapis.com/other".into(),
         nonce: "x".into(),

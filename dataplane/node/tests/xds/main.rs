@@ -199,18 +199,26 @@ async fn node_follows_the_controller() {
         "readiness never answered"
     );
     let (_, body) = readiness(&node);
-    assert!(body.contains("not ready, pending:") && body.contains("xds"), "{body}");
+    assert!(
+        body.contains("not ready, pending:") && body.contains("xds"),
+        "{body}"
+    );
 
     // 2. Controller up but the CA refuses: config arrives, readiness waits for certificates.
     ctl.ca_down.store(true, Ordering::SeqCst);
     let running = ctl.start(ctl_addr).await;
     let waiting_for_certs = eventually(Duration::from_secs(15), || {
         let (s, b) = readiness(&node);
-        s == 500 && !b.contains("xds") && b.contains("certificate spiffe://cluster.local/ns/demo/sa/web")
+        s == 500
+            && !b.contains("xds")
+            && b.contains("certificate spiffe://cluster.local/ns/demo/sa/web")
     })
     .await;
     assert!(waiting_for_certs, "readiness: {:?}", readiness(&node));
-    assert!(accepts(addr(11, 15008)), "web's HBONE listener opens with its config");
+    assert!(
+        accepts(addr(11, 15008)),
+        "web's HBONE listener opens with its config"
+    );
     ctl.ca_down.store(false, Ordering::SeqCst);
     assert!(
         eventually(Duration::from_secs(20), || readiness(&node).0 == 200).await,
@@ -219,19 +227,48 @@ async fn node_follows_the_controller() {
     );
     {
         let s = ctl.lock();
-        assert!(s.headers.iter().all(|(a, c)| a == "Bearer test-token" && c == "test-cluster"), "{:?}", s.headers);
-        assert!(s.csrs.iter().all(|(san, imp)| san == imp), "ImpersonatedIdentity = SAN: {:?}", s.csrs);
-        let node_id = s.requests.iter().find_map(|r| r.node.as_ref()).map(|n| n.id.clone());
-        assert!(node_id.is_some_and(|id| id.starts_with("ztunnel~") && id.ends_with("~istio-system.svc.cluster.local")));
-        let acked = |t: &str| s.requests.iter().any(|r| r.type_url == t && !r.response_nonce.is_empty() && r.error_detail.is_none());
+        assert!(
+            s.headers
+                .iter()
+                .all(|(a, c)| a == "Bearer test-token" && c == "test-cluster"),
+            "{:?}",
+            s.headers
+        );
+        assert!(
+            s.csrs.iter().all(|(san, imp)| san == imp),
+            "ImpersonatedIdentity = SAN: {:?}",
+            s.csrs
+        );
+        let node_id = s
+            .requests
+            .iter()
+            .find_map(|r| r.node.as_ref())
+            .map(|n| n.id.clone());
+        assert!(node_id.is_some_and(
+            |id| id.starts_with("ztunnel~") && id.ends_with("~istio-system.svc.cluster.local")
+        ));
+        let acked = |t: &str| {
+            s.requests.iter().any(|r| {
+                r.type_url == t && !r.response_nonce.is_empty() && r.error_detail.is_none()
+            })
+        };
         assert!(acked(ADDRESS) && acked(AUTHORIZATION), "both types ACKed");
     }
-    assert!(echo_works(&node, addr(11, 8080)).await, "client → web through HBONE");
+    assert!(
+        echo_works(&node, addr(11, 8080)).await,
+        "client → web through HBONE"
+    );
 
     // 3. A workload pushed at run time gets its listener and certificate.
-    assert!(!accepts(addr(12, 15008)), "no listener before the workload exists");
+    assert!(
+        !accepts(addr(12, 15008)),
+        "no listener before the workload exists"
+    );
     put_pod(&ctl, "late", "late", 12);
-    assert!(eventually(Duration::from_secs(10), || accepts(addr(12, 15008))).await, "listener for the pushed workload");
+    assert!(
+        eventually(Duration::from_secs(10), || accepts(addr(12, 15008))).await,
+        "listener for the pushed workload"
+    );
     let mut ok = false;
     for _ in 0..100 {
         if echo_works(&node, addr(12, 8080)).await {
@@ -245,17 +282,34 @@ async fn node_follows_the_controller() {
     put_pod(&ctl, "gone", "gone", 15);
     assert!(eventually(Duration::from_secs(10), || accepts(addr(15, 15008))).await);
     ctl.remove(ADDRESS, &uid("gone"));
-    assert!(eventually(Duration::from_secs(10), || !accepts(addr(15, 15008))).await, "listener closed when the workload left");
+    assert!(
+        eventually(Duration::from_secs(10), || !accepts(addr(15, 15008))).await,
+        "listener closed when the workload left"
+    );
 
     // 4. A policy push closes an open connection it now denies, and counts it.
-    let mut open = connect_from_client(&node, addr(11, 8080)).await.expect("open connection");
+    let mut open = connect_from_client(&node, addr(11, 8080))
+        .await
+        .expect("open connection");
     assert!(roundtrip(&mut open, 5000).await);
     ctl.put(AUTHORIZATION, "demo/deny-client", &deny_client());
     let mut buf = [0u8; 16];
     let closed = tokio::time::timeout(Duration::from_secs(10), open.read(&mut buf)).await;
-    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "open connection not closed: {closed:?}");
-    assert!(metric_sum(&node.metrics(), "zmesh_rejections_total", &["reason=\"policy_recheck\""]) >= 1.0);
-    assert!(!echo_works(&node, addr(11, 8080)).await, "new connections are denied too");
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "open connection not closed: {closed:?}"
+    );
+    assert!(
+        metric_sum(
+            &node.metrics(),
+            "zmesh_rejections_total",
+            &["reason=\"policy_recheck\""]
+        ) >= 1.0
+    );
+    assert!(
+        !echo_works(&node, addr(11, 8080)).await,
+        "new connections are denied too"
+    );
     ctl.remove(AUTHORIZATION, "demo/deny-client");
     let mut allowed = false;
     for _ in 0..50 {
@@ -273,28 +327,59 @@ async fn node_follows_the_controller() {
     ctl.stop(running).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(node.alive(), "node exited without its controller");
-    assert!(echo_works(&node, addr(12, 8080)).await, "serving while the controller is away");
-    assert_eq!(readiness(&node).0, 200, "stays ready on the last good config");
+    assert!(
+        echo_works(&node, addr(12, 8080)).await,
+        "serving while the controller is away"
+    );
+    assert_eq!(
+        readiness(&node).0,
+        200,
+        "stays ready on the last good config"
+    );
     put_pod(&ctl, "after", "late", 13);
     assert!(!accepts(addr(13, 15008)));
     let running = ctl.start(ctl_addr).await;
-    assert!(eventually(Duration::from_secs(30), || accepts(addr(13, 15008))).await, "change made while away not applied");
+    assert!(
+        eventually(Duration::from_secs(30), || accepts(addr(13, 15008))).await,
+        "change made while away not applied"
+    );
     {
         let s = ctl.lock();
         let resync = s.requests[requests_before..]
             .iter()
             .find(|r| r.type_url == ADDRESS && r.response_nonce.is_empty())
             .expect("a new Address subscription");
-        assert!(resync.initial_resource_versions.contains_key(&uid("late")), "{:?}", resync.initial_resource_versions);
+        assert!(
+            resync.initial_resource_versions.contains_key(&uid("late")),
+            "{:?}",
+            resync.initial_resource_versions
+        );
         assert!(!resync.initial_resource_versions.contains_key(&uid("gone")));
     }
     let m = node.metrics();
-    assert!(metric_sum(&m, "istio_xds_connection_terminations_total", &[]) >= 1.0, "{m}");
-    assert!(metric_sum(&m, "istio_xds_message_total", &["istio.workload.Address"]) >= 2.0, "{m}");
-    assert!(metric_sum(&m, "istio_xds_message_bytes_total", &["istio.security.Authorization"]) > 0.0, "{m}");
+    assert!(
+        metric_sum(&m, "istio_xds_connection_terminations_total", &[]) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "istio_xds_message_total", &["istio.workload.Address"]) >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(
+            &m,
+            "istio_xds_message_bytes_total",
+            &["istio.security.Authorization"]
+        ) > 0.0,
+        "{m}"
+    );
     let dump = config_dump(&node);
     assert_eq!(dump["xds"]["connected"], true, "{}", dump["xds"]);
-    assert!(dump["xds"]["last_acked_nonce"][ADDRESS].is_string(), "{}", dump["xds"]);
+    assert!(
+        dump["xds"]["last_acked_nonce"][ADDRESS].is_string(),
+        "{}",
+        dump["xds"]
+    );
 
     // 6. A 4-second certificate rotates while a connection stays open; new connections use
     //    the new certificate (the first one has expired by then).
@@ -308,16 +393,37 @@ async fn node_follows_the_controller() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ok, "client → short");
-    let mut held = connect_from_client(&node, addr(14, 8080)).await.expect("open to short");
+    let mut held = connect_from_client(&node, addr(14, 8080))
+        .await
+        .expect("open to short");
     assert!(roundtrip(&mut held, 1000).await);
-    let first_serial = serial_of(&config_dump(&node), "/sa/short").expect("short's cert in config_dump");
-    let issued = |c: &Controller| c.lock().issued.get("spiffe://cluster.local/ns/demo/sa/short").copied().unwrap_or(0);
+    let first_serial =
+        serial_of(&config_dump(&node), "/sa/short").expect("short's cert in config_dump");
+    let issued = |c: &Controller| {
+        c.lock()
+            .issued
+            .get("spiffe://cluster.local/ns/demo/sa/short")
+            .copied()
+            .unwrap_or(0)
+    };
     let start = issued(&ctl);
-    assert!(eventually(Duration::from_secs(15), || issued(&ctl) >= start + 2).await, "no rotation");
+    assert!(
+        eventually(Duration::from_secs(15), || issued(&ctl) >= start + 2).await,
+        "no rotation"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_ne!(serial_of(&config_dump(&node), "/sa/short").as_deref(), Some(first_serial.as_str()));
-    assert!(roundtrip(&mut held, 1000).await, "open connection survives the rotation");
-    assert!(echo_works(&node, addr(14, 8080)).await, "new connection with the rotated certificate");
+    assert_ne!(
+        serial_of(&config_dump(&node), "/sa/short").as_deref(),
+        Some(first_serial.as_str())
+    );
+    assert!(
+        roundtrip(&mut held, 1000).await,
+        "open connection survives the rotation"
+    );
+    assert!(
+        echo_works(&node, addr(14, 8080)).await,
+        "new connection with the rotated certificate"
+    );
 
     ctl.stop(running).await;
     drop(node);

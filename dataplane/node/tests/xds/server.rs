@@ -211,7 +211,10 @@ impl Controller {
             }
         }
         for name in have.keys() {
-            if !s.resources.contains_key(&(req.type_url.clone(), name.clone())) {
+            if !s
+                .resources
+                .contains_key(&(req.type_url.clone(), name.clone()))
+            {
                 resp.removed_resources.push(name.clone());
             }
         }
@@ -249,9 +252,10 @@ impl Controller {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        csr.params.serial_number = Some(rcgen::SerialNumber::from_slice(
-            &rand_serial(&self.lock().issued, &san),
-        ));
+        csr.params.serial_number = Some(rcgen::SerialNumber::from_slice(&rand_serial(
+            &self.lock().issued,
+            &san,
+        )));
         let key = KeyPair::from_pem(&self.pki.root_key_pem).map_err(bad)?;
         let issuer = Issuer::from_ca_cert_pem(&self.pki.root_pem, key).map_err(bad)?;
         let leaf = csr.signed_by(&issuer).map_err(bad)?;
@@ -265,7 +269,9 @@ impl Controller {
 /// A serial that differs per issue: identity hash and count.
 fn rand_serial(issued: &HashMap<String, u32>, san: &str) -> [u8; 8] {
     let n = issued.get(san).copied().unwrap_or(0) as u64;
-    let h = san.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    let h = san
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
     ((h & 0x7fff_ffff_0000_0000) | (n + 1)).to_be_bytes()
 }
 
@@ -324,6 +330,8 @@ impl IstioCertificateService for Controller {
             return Err(Status::unavailable("CA is down for the test"));
         }
         let chain = self.sign(request.get_ref())?;
-        Ok(Response::new(IstioCertificateResponse { cert_chain: chain }))
+        Ok(Response::new(IstioCertificateResponse {
+            cert_chain: chain,
+        }))
     }
 }
