@@ -21,6 +21,12 @@ use tokio::sync::Notify;
 use crate::shard::Command;
 use crate::state::SharedState;
 
+/// The xDS stream's status and what readiness waits for.
+pub type XdsView = (
+    Arc<std::sync::Mutex<crate::xds::XdsStatus>>,
+    Arc<std::sync::Mutex<crate::control::Pending>>,
+);
+
 /// What the endpoints read.
 pub struct Control {
     pub state: SharedState,
@@ -30,10 +36,7 @@ pub struct Control {
     pub driver: String,
     pub shutdown: Arc<Notify>,
     /// xDS mode: the stream's status and what readiness waits for.
-    pub xds: Option<(
-        Arc<std::sync::Mutex<crate::xds::XdsStatus>>,
-        Arc<std::sync::Mutex<crate::control::Pending>>,
-    )>,
+    pub xds: Option<XdsView>,
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -2,6 +2,7 @@
 //! certificates, bind every listener (so a bad config or a port clash fails before we claim to
 //! be ready), start the shards, then serve admin, metrics and readiness on the control thread.
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod admin;
 mod backoff;

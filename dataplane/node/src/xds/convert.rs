@@ -39,7 +39,9 @@ pub enum ConvertError {
     EmptyStringMatch { field: &'static str },
 }
 
-/// One decoded `Address` resource.
+/// One decoded `Address` resource. (Unboxed: a few hundred bytes per stored resource do not
+/// matter, and the store moves them rarely.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum AddressResource {
     Workload(Workload),
