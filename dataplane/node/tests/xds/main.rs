@@ -19,16 +19,20 @@ use zmesh_tests::{Node, echo_server, http_get, metric_sum, socks5_connect};
 
 use server::{Controller, Pki};
 
-/// Addresses: 127.T.0.2 controller, 127.T.1.1 node, 127.T.1.x workloads.
-const T: u8 = 90;
 const NODE: &str = "node-x";
 
-fn ip(b: u8) -> IpAddr {
-    format!("127.{T}.1.{b}").parse().expect("ip")
-}
+/// One run's address range: 127.T.0.2 controller, 127.T.1.1 node, 127.T.1.x workloads.
+#[derive(Clone, Copy)]
+struct Net(u8);
 
-fn addr(b: u8, port: u16) -> SocketAddr {
-    SocketAddr::new(ip(b), port)
+impl Net {
+    fn ip(self, b: u8) -> IpAddr {
+        format!("127.{}.1.{b}", self.0).parse().expect("ip")
+    }
+
+    fn addr(self, b: u8, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip(b), port)
+    }
 }
 
 fn uid(name: &str) -> String {
@@ -36,8 +40,8 @@ fn uid(name: &str) -> String {
 }
 
 /// A pod of this node in namespace `demo`, with service account `sa`.
-fn pod(name: &str, sa: &str, host: u8) -> wl::Address {
-    let IpAddr::V4(v4) = ip(host) else {
+fn pod(net: Net, name: &str, sa: &str, host: u8) -> wl::Address {
+    let IpAddr::V4(v4) = net.ip(host) else {
         unreachable!("v4 test addresses")
     };
     wl::Address {
@@ -55,8 +59,8 @@ fn pod(name: &str, sa: &str, host: u8) -> wl::Address {
     }
 }
 
-fn put_pod(c: &Controller, name: &str, sa: &str, host: u8) {
-    c.put(ADDRESS, &uid(name), &pod(name, sa, host));
+fn put_pod(c: &Controller, net: Net, name: &str, sa: &str, host: u8) {
+    c.put(ADDRESS, &uid(name), &pod(net, name, sa, host));
 }
 
 /// DENY from the `client` service account, for the whole namespace.
@@ -83,19 +87,25 @@ fn deny_client() -> sec::Authorization {
     }
 }
 
-fn start_node(dir: &std::path::Path, root: &std::path::Path, token: &std::path::Path) -> Node {
-    let node_ip: IpAddr = format!("127.{T}.1.1").parse().expect("ip");
+fn start_node(
+    net: Net,
+    driver: &str,
+    dir: &std::path::Path,
+    root: &std::path::Path,
+    token: &std::path::Path,
+) -> Node {
+    let node_ip = net.ip(1);
     let log = dir.join("node.log");
     let out = std::fs::File::create(&log).expect("log file");
     let err = out.try_clone().expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_zmesh-node"))
-        .args(["--xds-address", &format!("https://127.{T}.0.2:15012")])
+        .args(["--xds-address", &format!("https://127.{}.0.2:15012", net.0)])
         .arg("--xds-root-cert")
         .arg(root)
         .arg("--token-file")
         .arg(token)
         .args(["--node-name", NODE, "--cluster-id", "test-cluster"])
-        .args(["--driver", "epoll", "--shards", "2", "--no-pin"])
+        .args(["--driver", driver, "--shards", "2", "--no-pin"])
         .args(["--outbound-addr", "off"])
         .args(["--socks5-addr", &format!("{node_ip}:15080")])
         .args(["--admin-addr", &format!("{node_ip}:15000")])
@@ -135,7 +145,12 @@ async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// Through the node's SOCKS5 from the `client` pod (127.T.1.10).
 async fn connect_from_client(node: &Node, dst: SocketAddr) -> Option<TcpStream> {
-    socks5_connect(node.socks5(), ip(10), dst).await.ok()
+    let IpAddr::V4(v4) = node.ip else {
+        return None;
+    };
+    let [a, b, c, _] = v4.octets();
+    let client = IpAddr::from([a, b, c, 10]);
+    socks5_connect(node.socks5(), client, dst).await.ok()
 }
 
 /// Writes `n` bytes and reads them back from an echo server.
@@ -177,23 +192,32 @@ fn serial_of(dump: &serde_json::Value, sa: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_follows_the_controller() {
+async fn node_follows_the_controller_epoll() {
+    node_follows_the_controller(Net(90), "epoll").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_follows_the_controller_io_uring() {
+    node_follows_the_controller(Net(91), "io-uring").await;
+}
+
+async fn node_follows_the_controller(net: Net, driver: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ctl_addr: SocketAddr = format!("127.{T}.0.2:15012").parse().expect("addr");
+    let ctl_addr: SocketAddr = format!("127.{}.0.2:15012", net.0).parse().expect("addr");
     let pki = Pki::new(ctl_addr.ip());
     let root = dir.path().join("root.pem");
     std::fs::write(&root, &pki.root_pem).expect("root");
     let token = dir.path().join("token");
     std::fs::write(&token, "test-token\n").expect("token");
     let ctl = Controller::new(pki, vec!["/sa/short".into()]);
-    put_pod(&ctl, "client", "client", 10);
-    put_pod(&ctl, "web", "web", 11);
-    let _echo_web = echo_server(addr(11, 8080)).await;
-    let _echo_late = echo_server(addr(12, 8080)).await;
-    let _echo_short = echo_server(addr(14, 8080)).await;
+    put_pod(&ctl, net, "client", "client", 10);
+    put_pod(&ctl, net, "web", "web", 11);
+    let _echo_web = echo_server(net.addr(11, 8080)).await;
+    let _echo_late = echo_server(net.addr(12, 8080)).await;
+    let _echo_short = echo_server(net.addr(14, 8080)).await;
 
     // 1. No controller yet: the node runs but is not ready, and says it waits for xDS.
-    let mut node = start_node(dir.path(), &root, &token);
+    let mut node = start_node(net, driver, dir.path(), &root, &token);
     assert!(
         eventually(Duration::from_secs(10), || readiness(&node).0 == 500).await,
         "readiness never answered"
@@ -216,7 +240,7 @@ async fn node_follows_the_controller() {
     .await;
     assert!(waiting_for_certs, "readiness: {:?}", readiness(&node));
     assert!(
-        accepts(addr(11, 15008)),
+        accepts(net.addr(11, 15008)),
         "web's HBONE listener opens with its config"
     );
     ctl.ca_down.store(false, Ordering::SeqCst);
@@ -255,23 +279,23 @@ async fn node_follows_the_controller() {
         assert!(acked(ADDRESS) && acked(AUTHORIZATION), "both types ACKed");
     }
     assert!(
-        echo_works(&node, addr(11, 8080)).await,
+        echo_works(&node, net.addr(11, 8080)).await,
         "client → web through HBONE"
     );
 
     // 3. A workload pushed at run time gets its listener and certificate.
     assert!(
-        !accepts(addr(12, 15008)),
+        !accepts(net.addr(12, 15008)),
         "no listener before the workload exists"
     );
-    put_pod(&ctl, "late", "late", 12);
+    put_pod(&ctl, net, "late", "late", 12);
     assert!(
-        eventually(Duration::from_secs(10), || accepts(addr(12, 15008))).await,
+        eventually(Duration::from_secs(10), || accepts(net.addr(12, 15008))).await,
         "listener for the pushed workload"
     );
     let mut ok = false;
     for _ in 0..100 {
-        if echo_works(&node, addr(12, 8080)).await {
+        if echo_works(&node, net.addr(12, 8080)).await {
             ok = true;
             break;
         }
@@ -279,16 +303,16 @@ async fn node_follows_the_controller() {
     }
     assert!(ok, "client → late once its certificate arrived");
     // And a workload that leaves loses it.
-    put_pod(&ctl, "gone", "gone", 15);
-    assert!(eventually(Duration::from_secs(10), || accepts(addr(15, 15008))).await);
+    put_pod(&ctl, net, "gone", "gone", 15);
+    assert!(eventually(Duration::from_secs(10), || accepts(net.addr(15, 15008))).await);
     ctl.remove(ADDRESS, &uid("gone"));
     assert!(
-        eventually(Duration::from_secs(10), || !accepts(addr(15, 15008))).await,
+        eventually(Duration::from_secs(10), || !accepts(net.addr(15, 15008))).await,
         "listener closed when the workload left"
     );
 
     // 4. A policy push closes an open connection it now denies, and counts it.
-    let mut open = connect_from_client(&node, addr(11, 8080))
+    let mut open = connect_from_client(&node, net.addr(11, 8080))
         .await
         .expect("open connection");
     assert!(roundtrip(&mut open, 5000).await);
@@ -307,13 +331,13 @@ async fn node_follows_the_controller() {
         ) >= 1.0
     );
     assert!(
-        !echo_works(&node, addr(11, 8080)).await,
+        !echo_works(&node, net.addr(11, 8080)).await,
         "new connections are denied too"
     );
     ctl.remove(AUTHORIZATION, "demo/deny-client");
     let mut allowed = false;
     for _ in 0..50 {
-        if echo_works(&node, addr(11, 8080)).await {
+        if echo_works(&node, net.addr(11, 8080)).await {
             allowed = true;
             break;
         }
@@ -328,7 +352,7 @@ async fn node_follows_the_controller() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(node.alive(), "node exited without its controller");
     assert!(
-        echo_works(&node, addr(12, 8080)).await,
+        echo_works(&node, net.addr(12, 8080)).await,
         "serving while the controller is away"
     );
     assert_eq!(
@@ -336,11 +360,11 @@ async fn node_follows_the_controller() {
         200,
         "stays ready on the last good config"
     );
-    put_pod(&ctl, "after", "late", 13);
-    assert!(!accepts(addr(13, 15008)));
+    put_pod(&ctl, net, "after", "late", 13);
+    assert!(!accepts(net.addr(13, 15008)));
     let running = ctl.start(ctl_addr).await;
     assert!(
-        eventually(Duration::from_secs(30), || accepts(addr(13, 15008))).await,
+        eventually(Duration::from_secs(30), || accepts(net.addr(13, 15008))).await,
         "change made while away not applied"
     );
     {
@@ -383,17 +407,17 @@ async fn node_follows_the_controller() {
 
     // 6. A 4-second certificate rotates while a connection stays open; new connections use
     //    the new certificate (the first one has expired by then).
-    put_pod(&ctl, "short", "short", 14);
+    put_pod(&ctl, net, "short", "short", 14);
     let mut ok = false;
     for _ in 0..100 {
-        if echo_works(&node, addr(14, 8080)).await {
+        if echo_works(&node, net.addr(14, 8080)).await {
             ok = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ok, "client → short");
-    let mut held = connect_from_client(&node, addr(14, 8080))
+    let mut held = connect_from_client(&node, net.addr(14, 8080))
         .await
         .expect("open to short");
     assert!(roundtrip(&mut held, 1000).await);
@@ -421,7 +445,7 @@ async fn node_follows_the_controller() {
         "open connection survives the rotation"
     );
     assert!(
-        echo_works(&node, addr(14, 8080)).await,
+        echo_works(&node, net.addr(14, 8080)).await,
         "new connection with the rotated certificate"
     );
 
