@@ -293,15 +293,31 @@ async fn node_follows_the_controller(net: Net, driver: &str) {
         eventually(Duration::from_secs(10), || accepts(net.addr(12, 15008))).await,
         "listener for the pushed workload"
     );
-    let mut ok = false;
-    for _ in 0..100 {
-        if echo_works(&node, net.addr(12, 8080)).await {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ok, "client → late once its certificate arrived");
+    assert!(
+        eventually(Duration::from_secs(10), || serial_of(
+            &config_dump(&node),
+            "/sa/late"
+        )
+        .is_some())
+        .await,
+        "no certificate for late"
+    );
+    assert!(
+        echo_works(&node, net.addr(12, 8080)).await,
+        "client → late once its certificate arrived"
+    );
+    let inbound = [
+        "reporter=\"destination\"",
+        "destination_principal=\"spiffe://cluster.local/ns/demo/sa/late\"",
+    ];
+    assert!(
+        metric_sum(
+            &node.metrics(),
+            "istio_tcp_connections_opened_total",
+            &inbound
+        ) >= 1.0,
+        "through HBONE"
+    );
     // And a workload that leaves loses it.
     put_pod(&ctl, net, "gone", "gone", 15);
     assert!(eventually(Duration::from_secs(10), || accepts(net.addr(15, 15008))).await);
@@ -408,15 +424,31 @@ async fn node_follows_the_controller(net: Net, driver: &str) {
     // 6. A 4-second certificate rotates while a connection stays open; new connections use
     //    the new certificate (the first one has expired by then).
     put_pod(&ctl, net, "short", "short", 14);
-    let mut ok = false;
-    for _ in 0..100 {
-        if echo_works(&node, net.addr(14, 8080)).await {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ok, "client → short");
+    assert!(
+        eventually(Duration::from_secs(10), || serial_of(
+            &config_dump(&node),
+            "/sa/short"
+        )
+        .is_some())
+        .await,
+        "no certificate for short"
+    );
+    assert!(
+        echo_works(&node, net.addr(14, 8080)).await,
+        "client → short"
+    );
+    let inbound = [
+        "reporter=\"destination\"",
+        "destination_principal=\"spiffe://cluster.local/ns/demo/sa/short\"",
+    ];
+    assert!(
+        metric_sum(
+            &node.metrics(),
+            "istio_tcp_connections_opened_total",
+            &inbound
+        ) >= 1.0,
+        "through HBONE"
+    );
     let mut held = connect_from_client(&node, net.addr(14, 8080))
         .await
         .expect("open to short");
