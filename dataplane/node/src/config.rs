@@ -285,4 +285,22 @@ mod tests {
         );
         assert_eq!(a.handshake_timeout, Duration::from_secs(10));
     }
+
+    #[test]
+    fn config_and_xds_are_exclusive() {
+        let base = ["zmesh-node", "--node-name", "n"];
+        let with = |extra: &[&str]| Args::try_parse_from(base.iter().chain(extra.iter()).copied());
+        let a = with(&["--xds-address", "https://ctl:15012"]).expect("xDS alone");
+        assert_eq!(a.config, None);
+        assert_eq!(a.cert_ttl, Duration::from_secs(86_400));
+        let a = with(&["--xds-address", "https://ctl:15012", "--secret-ttl", "4s"])
+            .expect("--secret-ttl");
+        assert_eq!(a.cert_ttl, Duration::from_secs(4));
+        assert!(with(&["--config", "x.yaml", "--xds-address", "https://ctl:15012"]).is_err());
+        assert!(with(&["--xds-address", "https://ctl:15012", "--dev-ca", "d"]).is_err());
+        assert!(
+            with(&[]).is_err(),
+            "one of --config and --xds-address is required"
+        );
+    }
 }

@@ -204,3 +204,46 @@ impl tonic::codegen::Service<Uri> for TlsConnector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root_file(dir: &Path) -> PathBuf {
+        let ca = zmesh_hbone::ca::DevCa::generate("t").unwrap();
+        let p = dir.join("root.pem");
+        std::fs::write(&p, ca.root_pem()).unwrap();
+        p
+    }
+
+    #[test]
+    fn targets_are_https_with_a_trust_anchor() {
+        let dir = std::env::temp_dir().join(format!("zmesh-grpc-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = root_file(&dir);
+        let t = Target::new("https://[::1]:15012", &root, None, "c1").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.authority()),
+            ("::1", 15012, "[::1]:15012".into())
+        );
+        let t = Target::new("https://istiod.istio-system.svc", &root, None, "c1").unwrap();
+        assert_eq!(t.port, 443);
+        let err = Target::new("http://istiod:15010", &root, None, "c1").unwrap_err();
+        assert!(err.to_string().contains("only https://"), "{err}");
+        let missing = dir.join("nope.pem");
+        assert!(Target::new("https://a:1", &missing, None, "c1").is_err());
+        // The token is read when headers are made, so a rotated token is used next time.
+        let token = dir.join("token");
+        std::fs::write(&token, "one\n").unwrap();
+        let t = Target::new("https://a:1", &root, Some(token.clone()), "c1").unwrap();
+        let mut h = t.headers().unwrap();
+        let req = tonic::service::Interceptor::call(&mut h, tonic::Request::new(())).unwrap();
+        assert_eq!(req.metadata().get("authorization").unwrap(), "Bearer one");
+        assert_eq!(req.metadata().get("clusterid").unwrap(), "c1");
+        std::fs::write(&token, "two").unwrap();
+        let mut h = t.headers().unwrap();
+        let req = tonic::service::Interceptor::call(&mut h, tonic::Request::new(())).unwrap();
+        assert_eq!(req.metadata().get("authorization").unwrap(), "Bearer two");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
