@@ -48,7 +48,8 @@ impl XdsMetrics {
 
 /// The xDS node: `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local` (the shape istiod expects of
 /// a node proxy) and metadata NAME, NAMESPACE, INSTANCE_IPS, NODE_NAME, CLUSTER_ID, plus every
-/// `ISTIO_META_*` environment variable with the prefix stripped.
+/// `ISTIO_META_*` environment variable with the prefix stripped (`ISTIO_METAJSON_*` parsed as
+/// JSON).
 pub fn node_id(args: &crate::config::Args) -> zmesh_proto::discovery::Node {
     use zmesh_proto::prost_types::{Struct, Value, value::Kind};
     let ns = &args.pod_namespace;
@@ -68,23 +69,104 @@ pub fn node_id(args: &crate::config::Args) -> zmesh_proto::discovery::Node {
     ] {
         fields.insert(k.to_owned(), v.clone());
     }
-    let metadata = Struct {
-        fields: fields
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k,
-                    Value {
-                        kind: Some(Kind::StringValue(v)),
-                    },
-                )
-            })
-            .collect(),
-    };
+    let mut fields: BTreeMap<String, Value> = fields
+        .into_iter()
+        .map(|(k, v)| {
+            let v = Value {
+                kind: Some(Kind::StringValue(v)),
+            };
+            (k, v)
+        })
+        .collect();
+    for (k, v) in std::env::vars() {
+        let Some(k) = k.strip_prefix("ISTIO_METAJSON_") else {
+            continue;
+        };
+        match serde_json::from_str::<serde_json::Value>(&v) {
+            Ok(json) => {
+                fields.insert(k.to_owned(), json_value(json));
+            }
+            Err(e) => {
+                tracing::warn!(key = k, error = %e, "ISTIO_METAJSON_ value is not JSON; ignored")
+            }
+        }
+    }
+    let metadata = Struct { fields };
     zmesh_proto::discovery::Node {
         id,
         cluster: args.cluster_id.clone(),
         metadata: Some(metadata),
         user_agent_name: "zmesh".to_owned(),
+    }
+}
+
+/// JSON → protobuf `Value`.
+fn json_value(j: serde_json::Value) -> zmesh_proto::prost_types::Value {
+    use zmesh_proto::prost_types::{ListValue, Struct, Value, value::Kind};
+    let kind = match j {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.into_iter().map(json_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(Struct {
+            fields: o.into_iter().map(|(k, v)| (k, json_value(v))).collect(),
+        }),
+    };
+    Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zmesh_proto::prost_types::value::Kind;
+
+    #[test]
+    fn node_id_has_istio_shape() {
+        use clap::Parser;
+        let args = crate::config::Args::try_parse_from([
+            "zmesh-node",
+            "--xds-address",
+            "https://ctl:15012",
+            "--node-name",
+            "worker-1",
+            "--pod-name",
+            "zmesh-node-abc",
+            "--pod-namespace",
+            "zmesh-system",
+            "--instance-ip",
+            "10.0.0.5",
+        ])
+        .unwrap();
+        let node = node_id(&args);
+        assert_eq!(
+            node.id,
+            "ztunnel~10.0.0.5~zmesh-node-abc.zmesh-system~zmesh-system.svc.cluster.local"
+        );
+        let md = node.metadata.unwrap().fields;
+        let s = |k: &str| match &md[k].kind {
+            Some(Kind::StringValue(v)) => v.clone(),
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(s("NODE_NAME"), "worker-1");
+        assert_eq!(s("NAME"), "zmesh-node-abc");
+        assert_eq!(s("NAMESPACE"), "zmesh-system");
+        assert_eq!(s("INSTANCE_IPS"), "10.0.0.5");
+    }
+
+    #[test]
+    fn json_metadata_becomes_protobuf_values() {
+        let v = json_value(serde_json::json!({"a": [1, true, "x"], "b": null}));
+        let Some(Kind::StructValue(s)) = v.kind else {
+            panic!("not a struct")
+        };
+        let Some(Kind::ListValue(l)) = &s.fields["a"].kind else {
+            panic!("not a list")
+        };
+        assert_eq!(l.values[0].kind, Some(Kind::NumberValue(1.0)));
+        assert_eq!(l.values[1].kind, Some(Kind::BoolValue(true)));
+        assert_eq!(s.fields["b"].kind, Some(Kind::NullValue(0)));
     }
 }
