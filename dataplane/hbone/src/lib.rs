@@ -9,6 +9,7 @@
 
 pub mod ca;
 pub mod connect;
+pub mod csr;
 pub mod settings;
 pub mod tls;
 

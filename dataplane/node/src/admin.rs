@@ -21,6 +21,12 @@ use tokio::sync::Notify;
 use crate::shard::Command;
 use crate::state::SharedState;
 
+/// The xDS stream's status and what readiness waits for.
+pub type XdsView = (
+    Arc<std::sync::Mutex<crate::xds::XdsStatus>>,
+    Arc<std::sync::Mutex<crate::control::Pending>>,
+);
+
 /// What the endpoints read.
 pub struct Control {
     pub state: SharedState,
@@ -29,6 +35,8 @@ pub struct Control {
     pub ready_shards: Arc<AtomicUsize>,
     pub driver: String,
     pub shutdown: Arc<Notify>,
+    /// xDS mode: the stream's status and what readiness waits for.
+    pub xds: Option<XdsView>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -104,12 +112,19 @@ async fn route(endpoint: Endpoint, ctl: &Control, req: Request<Incoming>) -> Res
 fn readiness(ctl: &Control) -> Response<Full<Bytes>> {
     let ready = ctl.ready_shards.load(Ordering::SeqCst);
     let want = ctl.shards.len();
-    if ready == want {
+    let mut pending = Vec::new();
+    if ready != want {
+        pending.push(format!("shards {ready}/{want}"));
+    }
+    if let Some((_, p)) = &ctl.xds {
+        pending.extend(p.lock().unwrap_or_else(|p| p.into_inner()).reasons());
+    }
+    if pending.is_empty() {
         text(StatusCode::OK, "ready\n")
     } else {
         text(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("not ready, pending: shards {ready}/{want}\n"),
+            format!("not ready, pending: {}\n", pending.join(", ")),
         )
     }
 }
@@ -163,8 +178,9 @@ fn config_dump(ctl: &Control) -> serde_json::Value {
         .values()
         .map(|c| {
             json!({
-                "identity": c.cert.identity.to_uri(), "notBefore": unix(c.cert.not_before),
-                "notAfter": unix(c.cert.not_after), "chain": c.cert.chain_pem(),
+                "identity": c.cert.identity.to_uri(), "serial": serial(&c.cert),
+                "notBefore": unix(c.cert.not_before), "notAfter": unix(c.cert.not_after),
+                "chain": c.cert.chain_pem(),
             })
         })
         .collect();
@@ -172,7 +188,19 @@ fn config_dump(ctl: &Control) -> serde_json::Value {
         "version": state.version, "node": state.node_name, "network": state.network,
         "driver": ctl.driver, "shards": ctl.shards.len(), "build": env!("CARGO_PKG_VERSION"),
         "workloads": workloads, "services": services, "policies": policies, "certificates": certs,
+        "xds": ctl.xds.as_ref().map(|(s, _)| {
+            serde_json::to_value(&*s.lock().unwrap_or_else(|p| p.into_inner())).unwrap_or_default()
+        }),
     })
+}
+
+/// The leaf's serial number in hex.
+fn serial(cert: &zmesh_hbone::WorkloadCert) -> String {
+    cert.chain
+        .first()
+        .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
+        .map(|(_, x)| x.raw_serial_as_string())
+        .unwrap_or_default()
 }
 
 async fn connections(ctl: &Control) -> serde_json::Value {

@@ -11,16 +11,80 @@ use zmesh_rt::DriverKind;
 /// zmesh node proxy: captures pod TCP and carries it between nodes in HBONE tunnels
 /// (mTLS + HTTP/2 CONNECT on port 15008), enforcing L4 authorization policy.
 ///
-/// Without a controller it reads workloads, services and policies from a local YAML file
-/// (--config) and gets certificates from files (--cert-dir) or a development CA (--dev-ca).
+/// Two ways to run, exclusive: with a controller (--xds-address), workloads, services and
+/// policies arrive over delta ADS and certificates come from the controller's CA
+/// (--ca-address); without one, they are read from a local YAML file (--config) and
+/// certificates from files (--cert-dir) or a development CA (--dev-ca).
 #[derive(Parser, Debug, Clone)]
 #[command(name = "zmesh-node", version, about, long_about)]
 pub struct Args {
     /// Local config: YAML with `workloads`, `services` and `policies`, in the shape of
     /// ztunnel's local config. Read once at start-up; a bad file stops start-up with the line
-    /// and the reason.
-    #[arg(long, env = "ZMESH_CONFIG", value_name = "FILE")]
-    pub config: PathBuf,
+    /// and the reason. Not combined with --xds-address (one source of truth per node).
+    #[arg(
+        long,
+        env = "ZMESH_CONFIG",
+        value_name = "FILE",
+        required_unless_present = "xds_address",
+        conflicts_with = "xds_address"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Controller to get config from over delta ADS (gRPC over TLS 1.3), e.g.
+    /// https://zmesh-control:15012. Workloads of this node arrive and leave at run time; the
+    /// last good config keeps serving while the controller is unreachable.
+    #[arg(long, env = "XDS_ADDRESS", value_name = "URL")]
+    pub xds_address: Option<String>,
+
+    /// PEM trust anchor(s) for the controller's server certificate (checked against the URL's
+    /// host).
+    #[arg(
+        long,
+        env = "XDS_ROOT_CA",
+        value_name = "FILE",
+        default_value = "./var/run/secrets/istio/root-cert.pem"
+    )]
+    pub xds_root_cert: PathBuf,
+
+    /// Certificate authority (Istio's IstioCertificateService); defaults to --xds-address.
+    #[arg(long, env = "CA_ADDRESS", value_name = "URL", requires = "xds_address")]
+    pub ca_address: Option<String>,
+
+    /// PEM trust anchor(s) for the CA's server certificate; defaults to --xds-root-cert.
+    #[arg(long, env = "CA_ROOT_CA", value_name = "FILE")]
+    pub ca_root_cert: Option<PathBuf>,
+
+    /// File with the bearer token sent to the controller and the CA (`authorization: Bearer
+    /// …`); read again on every connection, so a rotated token is used.
+    #[arg(long, env = "AUTH_TOKEN", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// This proxy's pod name, for the xDS node id `ztunnel~IP~NAME.NS~NS.svc.cluster.local`.
+    #[arg(
+        long,
+        env = "POD_NAME",
+        default_value = "zmesh-node",
+        value_name = "NAME"
+    )]
+    pub pod_name: String,
+
+    /// This proxy's pod namespace (xDS node id).
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "istio-system",
+        value_name = "NS"
+    )]
+    pub pod_namespace: String,
+
+    /// This proxy's IP address (xDS node id and INSTANCE_IPS).
+    #[arg(
+        long,
+        env = "INSTANCE_IP",
+        default_value = "1.1.1.1",
+        value_name = "IP"
+    )]
+    pub instance_ip: String,
 
     /// This node's name. Workloads whose `node` equals it are served here: the proxy listens
     /// on their addresses (15008, 15006) and holds their certificates.
@@ -47,17 +111,23 @@ pub struct Args {
         long,
         env = "ZMESH_DEV_CA",
         value_name = "DIR",
-        conflicts_with = "cert_dir"
+        conflicts_with_all = ["cert_dir", "xds_address"]
     )]
     pub dev_ca: Option<PathBuf>,
 
     /// Directory with workload certificates: root-cert.pem, and for each identity
     /// <namespace>/<service-account>/cert-chain.pem and key.pem.
-    #[arg(long, env = "ZMESH_CERT_DIR", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "ZMESH_CERT_DIR",
+        value_name = "DIR",
+        conflicts_with = "xds_address"
+    )]
     pub cert_dir: Option<PathBuf>,
 
-    /// Lifetime of certificates minted by --dev-ca.
-    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
+    /// Lifetime of workload certificates: minted by --dev-ca, or asked of the CA
+    /// (`validity_duration`) in xDS mode. Also accepted as --secret-ttl.
+    #[arg(long, alias = "secret-ttl", env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
     pub cert_ttl: Duration,
 
     /// Shard threads, one per core by default. Each is pinned to a core and owns its own
@@ -214,5 +284,23 @@ mod tests {
             Listen(Some("[::]:15001".parse().expect("addr")))
         );
         assert_eq!(a.handshake_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn config_and_xds_are_exclusive() {
+        let base = ["zmesh-node", "--node-name", "n"];
+        let with = |extra: &[&str]| Args::try_parse_from(base.iter().chain(extra.iter()).copied());
+        let a = with(&["--xds-address", "https://ctl:15012"]).expect("xDS alone");
+        assert_eq!(a.config, None);
+        assert_eq!(a.cert_ttl, Duration::from_secs(86_400));
+        let a = with(&["--xds-address", "https://ctl:15012", "--secret-ttl", "4s"])
+            .expect("--secret-ttl");
+        assert_eq!(a.cert_ttl, Duration::from_secs(4));
+        assert!(with(&["--config", "x.yaml", "--xds-address", "https://ctl:15012"]).is_err());
+        assert!(with(&["--xds-address", "https://ctl:15012", "--dev-ca", "d"]).is_err());
+        assert!(
+            with(&[]).is_err(),
+            "one of --config and --xds-address is required"
+        );
     }
 }

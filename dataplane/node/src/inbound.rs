@@ -270,7 +270,10 @@ async fn connect_stream(
         traffic: counters.clone(),
         stats: shard.metrics.stats.clone(),
     };
-    let moved = relay::tunnel(upstream, send, req.into_body(), &acct, false).await;
+    let entry = shard.track_policy("inbound-tunnel", pc.peer, target, pc.identity.clone());
+    let relay = relay::tunnel(upstream, send, req.into_body(), &acct, false);
+    let moved = until_denied(relay, &entry).await;
+    drop(entry);
     TrafficCounters::add(&counters.closed, 1);
     let (up, down, err) = match &moved {
         Ok(m) => (m.up, m.down, None),
@@ -456,8 +459,9 @@ async fn plaintext_connection(
     shard: ShardRef,
     stream: TcpStream,
     peer: SocketAddr,
-    mut guard: ConnGuard,
+    guard: ConnGuard,
 ) {
+    let _guard = guard;
     let start = Instant::now();
     let Ok(local) = stream.local_addr() else {
         return;
@@ -465,7 +469,6 @@ async fn plaintext_connection(
     let target = sockets::original_dst(stream.socket(), local).unwrap_or(local);
     let state = shard.state.load_full();
     let mut labels = TrafficLabels::new("destination");
-    guard.track("inbound-plaintext", peer, target, None);
     let checked = if sockets::ILLEGAL_PORTS.contains(&target.port()) {
         Err(refuse(
             STATUS_BAD_REQUEST,
@@ -517,7 +520,9 @@ async fn plaintext_connection(
         traffic: counters.clone(),
         stats: shard.metrics.stats.clone(),
     };
-    let moved = relay::passthrough(stream, upstream, &acct).await;
+    let entry = shard.track_policy("inbound-plaintext", peer, target, None);
+    let moved = until_denied(relay::passthrough(stream, upstream, &acct), &entry).await;
+    drop(entry);
     TrafficCounters::add(&counters.closed, 1);
     let (up, down, err) = match &moved {
         Ok(m) => (m.up, m.down, None),
@@ -533,4 +538,21 @@ async fn plaintext_connection(
         start.elapsed(),
         err,
     );
+}
+
+/// Runs a relay until it ends or a policy re-check denies the connection; dropping the relay
+/// closes both sides (the app socket, and the HBONE stream with a reset).
+async fn until_denied<T>(
+    relay: impl std::future::Future<Output = std::io::Result<T>>,
+    entry: &crate::shard::PolicyEntry,
+) -> std::io::Result<T> {
+    let relay = pin!(relay);
+    let denied = pin!(entry.denied());
+    match futures_util::future::select(relay, denied).await {
+        futures_util::future::Either::Left((r, _)) => r,
+        futures_util::future::Either::Right(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "closed: denied by policy on re-check",
+        )),
+    }
 }

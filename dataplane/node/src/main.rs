@@ -2,10 +2,16 @@
 //! certificates, bind every listener (so a bad config or a port clash fails before we claim to
 //! be ready), start the shards, then serve admin, metrics and readiness on the control thread.
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod admin;
+mod backoff;
+mod certs;
 mod config;
+mod control;
+mod grpc;
 mod inbound;
+mod listeners;
 mod metrics;
 mod outbound;
 mod pool;
@@ -15,6 +21,7 @@ mod sockets;
 mod socks5;
 mod state;
 mod telemetry;
+mod xds;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,23 +71,32 @@ fn raise_nofile_limit() {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let mesh = zmesh_state::load_local_config(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let certs = cert_source(&args)?;
     let mut state = NodeState {
-        mesh: Arc::new(mesh),
+        mesh: Arc::new(zmesh_state::Snapshot::empty()),
         certs: Default::default(),
         node_name: args.node_name.clone(),
         network: args.network.clone(),
         cluster_id: args.cluster_id.clone(),
         version: 1,
     };
-    state.certs = certs.certs_for(state.local_workloads())?;
+    let xds = match (&args.config, &args.xds_address) {
+        (Some(path), _) => {
+            state.mesh =
+                Arc::new(zmesh_state::load_local_config(path).map_err(|e| anyhow::anyhow!("{e}"))?);
+            state.certs = cert_source(&args)?.certs_for(state.local_workloads())?;
+            tracing::info!(
+                node = %args.node_name, workloads = state.mesh.workloads().count(),
+                local = state.local_workloads().count(), services = state.mesh.services().count(),
+                policies = state.mesh.policies().count(), "config loaded from {}", path.display()
+            );
+            None
+        }
+        (None, Some(url)) => Some(xds_setup(&args, url)?),
+        (None, None) => anyhow::bail!("no config: pass --config FILE or --xds-address URL"),
+    };
+    // Static workloads are bound now, so a bad address fails start-up; xDS workloads are
+    // bound by the shards when they arrive.
     let local: Vec<_> = state.local_workloads().cloned().collect();
-    tracing::info!(
-        node = %args.node_name, workloads = state.mesh.workloads().count(), local = local.len(),
-        services = state.mesh.services().count(), policies = state.mesh.policies().count(),
-        "config loaded from {}", args.config.display()
-    );
     let shared = Arc::new(ArcSwap::from_pointee(state));
 
     let driver = match args.driver {
@@ -153,13 +169,21 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        let xds_parts = xds.map(|x| x.start(shared.clone(), senders.clone()));
         let ctl = Arc::new(admin::Control {
             state: shared.clone(),
-            registry: metrics::registry(mesh_metrics, env!("CARGO_PKG_VERSION")),
+            registry: metrics::registry(
+                mesh_metrics,
+                xds_parts.as_ref().map(|x| x.metrics.clone()),
+                env!("CARGO_PKG_VERSION"),
+            ),
             shards: senders.clone(),
             ready_shards: ready,
             driver: driver.to_string(),
             shutdown: Arc::new(tokio::sync::Notify::new()),
+            xds: xds_parts
+                .as_ref()
+                .map(|x| (x.status.clone(), x.pending.clone())),
         });
         for (addr, ep) in [
             (args.admin_addr.0, admin::Endpoint::Admin),
@@ -222,4 +246,69 @@ fn bind_shard(args: &Args, workload_addrs: &[SocketAddr]) -> anyhow::Result<Shar
         s.socks5 = Some(sockets::listener(a)?);
     }
     Ok(s)
+}
+
+/// xDS mode: the controller and CA targets and this proxy's node identity, checked before
+/// anything is started.
+struct XdsSetup {
+    xds: grpc::Target,
+    ca: certs::client::CaClient,
+    node: zmesh_proto::discovery::Node,
+}
+
+/// What the admin endpoints read in xDS mode.
+struct XdsParts {
+    status: Arc<std::sync::Mutex<xds::XdsStatus>>,
+    pending: Arc<std::sync::Mutex<control::Pending>>,
+    metrics: Arc<xds::XdsMetrics>,
+}
+
+fn xds_setup(args: &Args, url: &str) -> anyhow::Result<XdsSetup> {
+    let token = args.token_file.clone();
+    let xds = grpc::Target::new(url, &args.xds_root_cert, token.clone(), &args.cluster_id)?;
+    xds.headers()?;
+    let ca_url = args.ca_address.as_deref().unwrap_or(url);
+    let ca_root = args.ca_root_cert.as_ref().unwrap_or(&args.xds_root_cert);
+    let ca = certs::client::CaClient {
+        target: grpc::Target::new(ca_url, ca_root, token, &args.cluster_id)?,
+        ttl: args.cert_ttl,
+    };
+    tracing::info!(xds = %url, ca = %ca_url, node = %args.node_name, "config and certificates from the controller");
+    Ok(XdsSetup {
+        xds,
+        ca,
+        node: xds::node_id(args),
+    })
+}
+
+impl XdsSetup {
+    /// Starts the xDS client and the control loop on the current (control thread) runtime.
+    fn start(self, state: state::SharedState, shards: Vec<zmesh_rt::Sender<Command>>) -> XdsParts {
+        let parts = XdsParts {
+            status: Arc::new(std::sync::Mutex::new(xds::XdsStatus {
+                address: self.xds.url().to_owned(),
+                ..Default::default()
+            })),
+            pending: Default::default(),
+            metrics: Default::default(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let client = xds::client::XdsClient {
+            target: self.xds,
+            node: self.node,
+            updates: tx,
+            status: parts.status.clone(),
+            metrics: parts.metrics.clone(),
+        };
+        tokio::spawn(client.run());
+        let ctl = control::ControlLoop {
+            state,
+            shards,
+            ca: self.ca,
+            pending: parts.pending.clone(),
+            updates: rx,
+        };
+        tokio::spawn(ctl.run());
+        parts
+    }
 }

@@ -125,10 +125,12 @@ pub enum Rejection {
     Socks5,
     UpstreamTls,
     UpstreamH2,
+    /// An open connection that a policy update denies.
+    PolicyRecheck,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 14] = [
+    pub const ALL: [Rejection; 15] = [
         Rejection::OverLimit,
         Rejection::HandshakeTimeout,
         Rejection::TlsHandshake,
@@ -143,6 +145,7 @@ impl Rejection {
         Rejection::Socks5,
         Rejection::UpstreamTls,
         Rejection::UpstreamH2,
+        Rejection::PolicyRecheck,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -161,6 +164,7 @@ impl Rejection {
             Rejection::Socks5 => "socks5",
             Rejection::UpstreamTls => "upstream_tls",
             Rejection::UpstreamH2 => "upstream_h2",
+            Rejection::PolicyRecheck => "policy_recheck",
         }
     }
 }
@@ -245,13 +249,20 @@ pub fn new(n: usize) -> (Arc<MeshMetrics>, Vec<ShardMetrics>) {
 }
 
 /// The registry served on /metrics.
-pub fn registry(mesh: Arc<MeshMetrics>, version: &str) -> Registry {
+pub fn registry(
+    mesh: Arc<MeshMetrics>,
+    xds: Option<Arc<crate::xds::XdsMetrics>>,
+    version: &str,
+) -> Registry {
     let mut r = Registry::default();
-    r.sub_registry_with_prefix("istio")
-        .register_collector(Box::new(IstioCollector {
-            mesh: mesh.clone(),
-            version: version.to_string(),
-        }));
+    let istio = r.sub_registry_with_prefix("istio");
+    istio.register_collector(Box::new(IstioCollector {
+        mesh: mesh.clone(),
+        version: version.to_string(),
+    }));
+    if let Some(xds) = xds {
+        istio.register_collector(Box::new(XdsCollector(xds)));
+    }
     r.sub_registry_with_prefix("zmesh")
         .register_collector(Box::new(ShardCollector(mesh)));
     r
@@ -498,6 +509,46 @@ impl Collector for ShardCollector {
             "rejections",
             "Connections and tunnels refused, by reason",
             reasons,
+        )
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeUrlLabel {
+    url: String,
+}
+
+/// `istio_xds_connection_terminations_total`, `istio_xds_message_total` and
+/// `istio_xds_message_bytes_total{url}`.
+#[derive(Debug)]
+struct XdsCollector(Arc<crate::xds::XdsMetrics>);
+
+impl Collector for XdsCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let x = &self.0;
+        counter(
+            &mut enc,
+            "xds_connection_terminations",
+            "xDS streams that ended",
+            [(Vec::<(String, String)>::new(), x.terminations.load(Relaxed))],
+        )?;
+        let m = x.messages.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let by = |f: fn(&(u64, u64)) -> u64| {
+            m.iter()
+                .map(move |(k, v)| (TypeUrlLabel { url: k.clone() }, f(v)))
+                .collect::<Vec<_>>()
+        };
+        counter(
+            &mut enc,
+            "xds_message",
+            "xDS responses received, by type url",
+            by(|v| v.0),
+        )?;
+        counter(
+            &mut enc,
+            "xds_message_bytes",
+            "Bytes of xDS responses received, by type url",
+            by(|v| v.1),
         )
     }
 }

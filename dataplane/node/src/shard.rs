@@ -4,7 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use socket2::Socket;
+use tokio::sync::Notify;
 use zmesh_rt::{Runtime, RuntimeConfig, TcpListener};
+use zmesh_state::{Connection, Decision, Identity};
 
 use crate::metrics::{Rejection, ShardMetrics, ShardStats};
 use crate::pool::Pool;
@@ -42,11 +44,33 @@ pub struct ShardSockets {
     pub socks5: Option<Socket>,
 }
 
+/// The network namespace a listener is opened in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetNs {
+    /// The node proxy's own namespace (pod addresses routed to the node, or loopback).
+    Host,
+}
+
+/// The inbound listeners (HBONE 15008, plaintext 15006) of one local workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadListeners {
+    pub uid: String,
+    pub ips: Vec<IpAddr>,
+    pub netns: NetNs,
+}
+
 /// Messages from the control thread.
 #[derive(Debug)]
 pub enum Command {
     /// Report the open connections.
     Connections(tokio::sync::oneshot::Sender<Vec<ConnInfo>>),
+    /// Open a local workload's listeners on this shard (its own SO_REUSEPORT sockets).
+    Listen(WorkloadListeners),
+    /// Close the listeners of the workload with this uid; its open connections go on.
+    Unlisten { uid: String },
+    /// The policies changed: authorize every open inbound connection again and close the
+    /// ones now denied.
+    RecheckPolicy,
     /// Stop accepting and end.
     Stop,
 }
@@ -71,7 +95,39 @@ pub struct Shard {
     pub pool: Pool,
     open: Cell<usize>,
     next_id: Cell<u64>,
-    table: RefCell<HashMap<u64, ConnInfo>>,
+    table: RefCell<HashMap<u64, Tracked>>,
+}
+
+/// A connection table entry; inbound connections carry what a policy re-check needs.
+struct Tracked {
+    info: ConnInfo,
+    policy: Option<PolicyCheck>,
+}
+
+struct PolicyCheck {
+    peer: Option<Identity>,
+    close: Rc<Notify>,
+}
+
+/// An inbound connection (or HBONE stream) listed in the table for policy re-checks; removes
+/// its entry on drop.
+pub struct PolicyEntry {
+    shard: ShardRef,
+    id: u64,
+    close: Rc<Notify>,
+}
+
+impl PolicyEntry {
+    /// Completes when a policy re-check denied the connection.
+    pub async fn denied(&self) {
+        self.close.notified().await
+    }
+}
+
+impl Drop for PolicyEntry {
+    fn drop(&mut self) {
+        self.shard.table.borrow_mut().remove(&self.id);
+    }
 }
 
 pub type ShardRef = Rc<Shard>;
@@ -108,6 +164,103 @@ impl Shard {
     pub fn reject(&self, r: Rejection) {
         self.stats().reject(r);
     }
+
+    fn next_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    /// Lists an authorized inbound connection (`dst` is the target the policy saw).
+    pub fn track_policy(
+        self: &Rc<Self>,
+        direction: &'static str,
+        src: SocketAddr,
+        dst: SocketAddr,
+        peer: Option<Identity>,
+    ) -> PolicyEntry {
+        let id = self.next_id();
+        let close = Rc::new(Notify::new());
+        let info = conn_info(
+            self.id,
+            direction,
+            src,
+            dst,
+            peer.as_ref().map(Identity::to_uri),
+        );
+        let policy = Some(PolicyCheck {
+            peer,
+            close: close.clone(),
+        });
+        self.table.borrow_mut().insert(id, Tracked { info, policy });
+        PolicyEntry {
+            shard: self.clone(),
+            id,
+            close,
+        }
+    }
+
+    /// Authorizes every tracked inbound connection against the current state; closes and
+    /// counts the denied ones.
+    fn recheck_policy(&self) {
+        let state = self.state.load();
+        let mut closed = 0;
+        for t in self.table.borrow().values() {
+            let Some(p) = &t.policy else { continue };
+            let (src, dst) = (t.info.src, t.info.dst);
+            let Some(w) = state.local_workload(dst.ip()) else {
+                continue;
+            };
+            let conn = Connection {
+                src_ip: src.ip(),
+                src_identity: p.peer.as_ref(),
+                dst_ip: dst.ip(),
+                dst_port: dst.port(),
+            };
+            if let Decision::Deny { policy } = state.mesh.authorize(w, &conn) {
+                p.close.notify_one();
+                self.reject(Rejection::PolicyRecheck);
+                closed += 1;
+                let why = if policy.is_empty() {
+                    "no ALLOW policy matched".to_owned()
+                } else {
+                    format!("denied by {policy}")
+                };
+                tracing::info!(
+                    target: "access", direction = t.info.direction, src.addr = %src,
+                    dst.addr = %dst, src.identity = t.info.peer_identity.as_deref().unwrap_or("-"),
+                    flags = "DENY", error = %why, "connection closed on policy re-check"
+                );
+            }
+        }
+        tracing::debug!(
+            shard = self.id,
+            closed,
+            version = state.version,
+            "policy re-checked"
+        );
+    }
+}
+
+fn conn_info(
+    shard: usize,
+    direction: &'static str,
+    src: SocketAddr,
+    dst: SocketAddr,
+    peer_identity: Option<String>,
+) -> ConnInfo {
+    let started_unix_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    ConnInfo {
+        shard,
+        direction,
+        src,
+        dst,
+        peer_identity,
+        started_unix_ms,
+    }
 }
 
 impl ConnGuard {
@@ -119,21 +272,12 @@ impl ConnGuard {
         dst: SocketAddr,
         peer: Option<String>,
     ) {
-        let id = self.shard.next_id.get();
-        self.shard.next_id.set(id + 1);
-        let started_unix_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let info = ConnInfo {
-            shard: self.shard.id,
-            direction,
-            src,
-            dst,
-            peer_identity: peer,
-            started_unix_ms,
-        };
-        self.shard.table.borrow_mut().insert(id, info);
+        let id = self.shard.next_id();
+        let info = conn_info(self.shard.id, direction, src, dst, peer);
+        self.shard
+            .table
+            .borrow_mut()
+            .insert(id, Tracked { info, policy: None });
         self.id = Some(id);
     }
 }
@@ -238,16 +382,27 @@ fn run(rt: Runtime, spec: ShardSpec) {
         tasks.push(zmesh_rt::spawn(sweep_pool(shard.clone())));
         ready.fetch_add(1, Ordering::SeqCst);
         tracing::debug!(shard = id, "serving");
+        let mut workloads = crate::listeners::Dynamic::default();
         while let Some(cmd) = commands.recv().await {
             match cmd {
                 Command::Connections(reply) => {
-                    let _ = reply.send(shard.table.borrow().values().cloned().collect());
+                    let list = shard
+                        .table
+                        .borrow()
+                        .values()
+                        .map(|t| t.info.clone())
+                        .collect();
+                    let _ = reply.send(list);
                 }
+                Command::Listen(spec) => workloads.listen(&shard, spec),
+                Command::Unlisten { uid } => workloads.unlisten(id, &uid),
+                Command::RecheckPolicy => shard.recheck_policy(),
                 Command::Stop => break,
             }
         }
         // Stop accepting, then give open connections a grace period to finish.
         drop(tasks);
+        drop(workloads);
         let deadline = Instant::now() + DRAIN_DEADLINE;
         while shard.open.get() > 0 && Instant::now() < deadline {
             zmesh_rt::sleep(Duration::from_millis(20)).await;

@@ -1,0 +1,60 @@
+//! Listeners of local workloads that come and go at run time (from xDS): each shard opens its
+//! own SO_REUSEPORT sockets on the workload's addresses when told to, and closes them when the
+//! workload leaves. Connections already accepted are not affected by a close.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use zmesh_rt::{Task, TcpListener};
+
+use crate::inbound;
+use crate::shard::{NetNs, ShardRef, WorkloadListeners};
+use crate::sockets;
+
+/// The plaintext inbound port.
+pub const PLAINTEXT_PORT: u16 = 15006;
+
+/// One shard's run-time listeners, by workload uid. Dropping a task closes its listener.
+#[derive(Default)]
+pub struct Dynamic {
+    by_uid: HashMap<String, (WorkloadListeners, Vec<Task<()>>)>,
+}
+
+impl Dynamic {
+    pub fn listen(&mut self, shard: &ShardRef, spec: WorkloadListeners) {
+        if self.by_uid.get(&spec.uid).is_some_and(|(s, _)| *s == spec) {
+            return;
+        }
+        // Replaced addresses: close the old sockets before binding the new ones.
+        self.by_uid.remove(&spec.uid);
+        let NetNs::Host = spec.netns;
+        let mut tasks = Vec::new();
+        for ip in &spec.ips {
+            for port in [zmesh_hbone::HBONE_PORT, PLAINTEXT_PORT] {
+                let addr = SocketAddr::new(*ip, port);
+                let listener = sockets::listener(addr).and_then(TcpListener::from_socket);
+                let l = match listener {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(shard = shard.id, uid = %spec.uid, %addr, error = %e, "cannot listen for workload");
+                        continue;
+                    }
+                };
+                let task = if port == PLAINTEXT_PORT {
+                    zmesh_rt::spawn(inbound::serve_plaintext(shard.clone(), l))
+                } else {
+                    zmesh_rt::spawn(inbound::serve_hbone(shard.clone(), l))
+                };
+                tasks.push(task);
+            }
+        }
+        tracing::debug!(shard = shard.id, uid = %spec.uid, ips = ?spec.ips, listeners = tasks.len(), "workload listeners open");
+        self.by_uid.insert(spec.uid.clone(), (spec, tasks));
+    }
+
+    pub fn unlisten(&mut self, shard: usize, uid: &str) {
+        if self.by_uid.remove(uid).is_some() {
+            tracing::debug!(shard, uid, "workload listeners closed");
+        }
+    }
+}
