@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Addresses are raw 4/16-byte strings; `bytes::Bytes` avoids a copy per decode.
         .bytes(".istio.workload.Workload.addresses")
+        // An ordered map: a workload always encodes to the same bytes (stable versions, stable
+        // pushes); the other maps are request-side only.
+        .btree_map(".istio.workload.Workload.services")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use prost::Message;
-use zmesh_proto::{type_url, workload};
+use zmesh_proto::type_url;
 
 use crate::Resources;
 
@@ -51,8 +51,11 @@ impl Snapshot {
             .addresses
             .iter()
             .map(|(name, a)| {
-                let entry = entry(type_url::ADDRESS, a.encode_to_vec(), address_version(a));
-                (name.clone(), entry)
+                // `Workload.services` is generated as a BTreeMap, so equal resources encode to
+                // equal bytes and the hash of the encoding is a stable version.
+                let bytes = a.encode_to_vec();
+                let version = hash_hex(&[&bytes]);
+                (name.clone(), entry(type_url::ADDRESS, bytes, version))
             })
             .collect();
         let authorizations = resources
@@ -121,36 +124,6 @@ fn entry(type_url: &str, value: Vec<u8>, version: String) -> Entry {
     }
 }
 
-/// prost encodes `Workload.services` (a protobuf map, a `HashMap` in Rust) in hash order, which
-/// differs between two equal maps. Hash the workload without the map, then the map's entries
-/// sorted by key, so equal resources always get equal versions.
-fn address_version(address: &workload::Address) -> String {
-    let Some(workload::address::Type::Workload(w)) = &address.r#type else {
-        return hash_hex(&[&address.encode_to_vec()]);
-    };
-    if w.services.len() < 2 {
-        return hash_hex(&[&address.encode_to_vec()]);
-    }
-    let mut without_map = w.clone();
-    let services = std::mem::take(&mut without_map.services);
-    let mut sorted: Vec<_> = services.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
-    let mut parts = vec![
-        workload::Address {
-            r#type: Some(workload::address::Type::Workload(without_map)),
-        }
-        .encode_to_vec(),
-    ];
-    for (key, ports) in sorted {
-        // Length-prefix the key so that ("ab", x) and ("a", "b"+x) cannot collide.
-        parts.push((key.len() as u64).to_be_bytes().to_vec());
-        parts.push(key.as_bytes().to_vec());
-        parts.push(ports.encode_length_delimited_to_vec());
-    }
-    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-    hash_hex(&refs)
-}
-
 /// First 128 bits of SHA-256 over the concatenated parts, in hex: wide enough that two
 /// different resources never share a version in practice.
 fn hash_hex(parts: &[&[u8]]) -> String {
@@ -190,10 +163,18 @@ mod tests {
         let keys: Vec<String> = (0..20).map(|i| format!("ns/svc{i}")).collect();
         let fwd: Vec<&str> = keys.iter().map(String::as_str).collect();
         let rev: Vec<&str> = fwd.iter().rev().copied().collect();
-        let a = address_version(&workload_with_services(&fwd));
-        let b = address_version(&workload_with_services(&rev));
+        let version = |keys: &[&str]| {
+            let mut r = Resources::default();
+            r.addresses
+                .insert("c//v1/Pod/ns/a".into(), workload_with_services(keys));
+            Snapshot::build(&r, 1).addresses.entries["c//v1/Pod/ns/a"]
+                .version
+                .clone()
+        };
+        let a = version(&fwd);
+        let b = version(&rev);
         assert_eq!(a, b);
-        let c = address_version(&workload_with_services(&fwd[1..]));
+        let c = version(&fwd[1..]);
         assert_ne!(a, c, "a changed service map changes the version");
     }
 

@@ -9,7 +9,7 @@ fn any<M: Message>(url: &str, m: &M) -> Any {
 }
 
 fn pod() -> wl::Workload {
-    let mut services = std::collections::HashMap::new();
+    let mut services = std::collections::BTreeMap::new();
     services.insert(
         "demo/web.demo.svc.cluster.local".to_owned(),
         wl::PortList {
