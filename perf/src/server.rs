@@ -5,6 +5,7 @@
 //! - [`Mode::Sink`]: read and discard, counting bytes received (receiver-side throughput, as
 //!   iperf3 reports it).
 //! - [`Mode::Echo`]: write back every byte read.
+//! - anything else: HTTP/2 (the connection preface) or HTTP/1.1, answered by [`crate::http`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,17 +92,33 @@ pub async fn start(addr: SocketAddr) -> anyhow::Result<Arc<ServerStats>> {
 
 async fn serve(mut conn: TcpStream, stats: &ServerStats) -> std::io::Result<()> {
     conn.set_nodelay(true)?;
-    let mut mode = [0u8; 1];
-    conn.read_exact(&mut mode).await?;
-    if mode[0] == Mode::Sink.byte() {
-        sink(conn, stats).await
-    } else if mode[0] == Mode::Echo.byte() {
-        echo(conn).await
+    // Peeked, not read: an HTTP connection's first bytes belong to its request.
+    let mut first = [0u8; 3];
+    let mut n = conn.peek(&mut first).await?;
+    if n == 0 {
+        return Ok(());
+    }
+    if first[0] == Mode::Sink.byte() || first[0] == Mode::Echo.byte() {
+        conn.read_exact(&mut first[..1]).await?;
+        return if first[0] == Mode::Sink.byte() {
+            sink(conn, stats).await
+        } else {
+            echo(conn).await
+        };
+    }
+    // "PRI" starts the HTTP/2 preface, "POST" an HTTP/1.1 request: wait for the third byte
+    // (it comes in the same write, so this is at most a few short waits).
+    for _ in 0..100 {
+        if n >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        n = conn.peek(&mut first).await?;
+    }
+    if &first[..n] == b"PRI" {
+        crate::http::serve_http2(conn).await
     } else {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "unknown mode byte",
-        ))
+        crate::http::serve_http1(conn).await
     }
 }
 
