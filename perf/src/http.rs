@@ -127,7 +127,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Http1Client<S> {
 /// Serves HTTP/2 until the client goes away: every stream's body is read and answered with
 /// a body of the same length.
 pub async fn serve_http2(conn: TcpStream) -> io::Result<()> {
-    let mut h2 = h2::server::handshake(conn).await.map_err(io::Error::other)?;
+    let mut h2 = h2::server::handshake(conn)
+        .await
+        .map_err(io::Error::other)?;
     while let Some(req) = h2.accept().await {
         let (req, respond) = req.map_err(io::Error::other)?;
         tokio::spawn(async move {

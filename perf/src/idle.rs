@@ -17,9 +17,10 @@ const SETTLE: Duration = Duration::from_millis(500);
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Measured {
     pub connections: usize,
-    /// Summed VmRSS of the proxy processes before opening and while holding, KiB.
-    pub rss_before_kib: u64,
-    pub rss_held_kib: u64,
+    /// Summed VmRSS of the proxy processes before opening and while holding, KiB; absent
+    /// without proxy processes.
+    pub rss_before_kib: Option<u64>,
+    pub rss_held_kib: Option<u64>,
     /// (held − before) / connections, KiB; absent without proxy processes.
     pub kib_per_connection: Option<f64>,
     /// Seconds it took to open and check all connections.
@@ -33,6 +34,7 @@ pub fn run(
     server: &ServerStats,
     pids: &[u32],
 ) -> anyhow::Result<Measured> {
+    let proxied = !pids.is_empty();
     let before = rss(pids)?;
     let started = std::time::Instant::now();
     let conns = rt.block_on(async {
@@ -56,10 +58,9 @@ pub fn run(
     drop(conns);
     Ok(Measured {
         connections: n,
-        rss_before_kib: before,
-        rss_held_kib: held,
-        kib_per_connection: (!pids.is_empty())
-            .then(|| (held as f64 - before as f64) / n as f64),
+        rss_before_kib: proxied.then_some(before),
+        rss_held_kib: proxied.then_some(held),
+        kib_per_connection: proxied.then(|| (held as f64 - before as f64) / n as f64),
         open_seconds,
     })
 }

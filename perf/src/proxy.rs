@@ -70,9 +70,7 @@ impl std::str::FromStr for ProxySpec {
                 "listen" => listen = Some(v.trim().to_string()),
                 "config" => config = Some(PathBuf::from(v.trim())),
                 other => {
-                    return Err(format!(
-                        "unknown key {other:?} (name, listen, config, cmd)"
-                    ));
+                    return Err(format!("unknown key {other:?} (name, listen, config, cmd)"));
                 }
             }
         }

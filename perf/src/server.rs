@@ -68,9 +68,15 @@ impl ServerStats {
 
 /// Binds `addr` and serves it on the current runtime until the runtime stops.
 pub async fn start(addr: SocketAddr) -> anyhow::Result<Arc<ServerStats>> {
+    Ok(start_at(addr).await?.0)
+}
+
+/// Like [`start`], and returns the bound address (`addr` may have port 0).
+pub async fn start_at(addr: SocketAddr) -> anyhow::Result<(Arc<ServerStats>, SocketAddr)> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding the server on {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
     let stats = Arc::new(ServerStats::default());
     let s = stats.clone();
     tokio::spawn(async move {
@@ -87,7 +93,7 @@ pub async fn start(addr: SocketAddr) -> anyhow::Result<Arc<ServerStats>> {
             });
         }
     });
-    Ok(stats)
+    Ok((stats, bound))
 }
 
 async fn serve(mut conn: TcpStream, stats: &ServerStats) -> std::io::Result<()> {

@@ -7,6 +7,7 @@
 //! [`Target`], the server's fixed address) plus the processes to measure. The loopback
 //! topology builds them here; another topology only has to build other ones.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,7 +77,7 @@ impl Sys {
         };
         NODE_METRICS
             .iter()
-            .map(|(n, ip)| shards::scrape(n, std::net::SocketAddr::from((*ip, 15020))).ok())
+            .map(|(n, ip)| shards::scrape(n, SocketAddr::from((*ip, 15020))).ok())
             .collect()
     }
 }
@@ -86,6 +87,9 @@ struct Suite {
     rt: Runtime,
     _server_rt: Runtime,
     server: Arc<ServerStats>,
+    /// Where the server listens: the server workload's IP, a port the kernel picked (so that
+    /// suites in parallel, e.g. tests, do not collide).
+    server_addr: SocketAddr,
     systems: Vec<Sys>,
     /// Proxies' working directories and logs; removed at the end (logs copied out first).
     work: tempfile::TempDir,
@@ -104,7 +108,10 @@ pub fn suite(args: &SuiteArgs) -> anyhow::Result<()> {
         warnings.push(w);
     }
     // First, while nothing else of ours runs.
-    eprintln!("measuring the crypto ceiling ({} s per measurement)", s.crypto_time_s);
+    eprintln!(
+        "measuring the crypto ceiling ({} s per measurement)",
+        s.crypto_time_s
+    );
     let crypto = crypto::measure(Duration::from_secs_f64(s.crypto_time_s))?;
     let mut suite = Suite::start(s, warnings)?;
     let points = suite.points();
@@ -113,7 +120,11 @@ pub fn suite(args: &SuiteArgs) -> anyhow::Result<()> {
     let memory = suite.memory();
     suite.note_log_problems();
 
-    let dir = suite.s.node.out.join(format!("suite-{}", timestamp(started)));
+    let dir = suite
+        .s
+        .node
+        .out
+        .join(format!("suite-{}", timestamp(started)));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     suite.keep_logs(&dir);
     let md = suite.markdown(&records, &points, &crypto, &memory, &outcome, clock);
@@ -153,13 +164,17 @@ impl Suite {
         };
         let rt = runtime("client")?;
         let server_rt = runtime("server")?;
-        let server = server_rt.block_on(crate::server::start(SERVER))?;
-        let work = tempfile::Builder::new().prefix("zmesh-perf-suite-").tempdir()?;
+        let any_port = SocketAddr::new(SERVER.ip(), 0);
+        let (server, server_addr) = server_rt.block_on(crate::server::start_at(any_port))?;
+        let work = tempfile::Builder::new()
+            .prefix("zmesh-perf-suite-")
+            .tempdir()?;
         let mut suite = Suite {
             s,
             rt,
             _server_rt: server_rt,
             server,
+            server_addr,
             systems: Vec::new(),
             work,
             warnings,
@@ -167,7 +182,10 @@ impl Suite {
         };
         for name in suite.s.systems.clone() {
             let sys = suite.start_system(&name)?;
-            eprintln!("system {name} ready: clients connect to {}", sys.target.addr);
+            eprintln!(
+                "system {name} ready: clients connect to {}",
+                sys.target.addr
+            );
             suite.systems.push(sys);
         }
         Ok(suite)
@@ -175,15 +193,16 @@ impl Suite {
 
     fn start_system(&mut self, name: &str) -> anyhow::Result<Sys> {
         let (target, procs) = match name {
-            "direct" => (Target::plain(SERVER), Procs::None),
+            "direct" => (Target::plain(self.server_addr), Procs::None),
             "zmesh" => {
                 eprintln!("starting zmesh nodes ({})", self.s.node.node_bin.display());
                 let nodes = Nodes::start(&self.s.node)?;
                 self.zmesh_driver = Some(nodes.driver.clone());
-                (
-                    crate::systems::Target::of(crate::systems::System::Zmesh),
-                    Procs::Zmesh(Box::new(nodes)),
-                )
+                let target = Target {
+                    socks5: Some(self.server_addr),
+                    ..Target::of(crate::systems::System::Zmesh)
+                };
+                (target, Procs::Zmesh(Box::new(nodes)))
             }
             other => {
                 let spec = if other == "relay" {
@@ -194,8 +213,11 @@ impl Suite {
                         .cloned()
                         .with_context(|| format!("no --proxy named {other}"))?
                 };
-                let running = proxy::start(&spec, SERVER, &self.work.path().join(other))?;
-                (Target::plain(running.listen), Procs::Proxy(Box::new(running)))
+                let running = proxy::start(&spec, self.server_addr, &self.work.path().join(other))?;
+                (
+                    Target::plain(running.listen),
+                    Procs::Proxy(Box::new(running)),
+                )
             }
         };
         Ok(Sys {
@@ -217,12 +239,10 @@ impl Suite {
         };
         for &k in &s.scenarios {
             match k {
-                ScenarioKind::TcpLatency => v.extend(
-                    (s.rates.iter()).map(|&r| p(k, s.latency_connections, Some(r))),
-                ),
-                ScenarioKind::Throughput => {
-                    v.extend(s.connections.iter().map(|&c| p(k, c, None)))
+                ScenarioKind::TcpLatency => {
+                    v.extend((s.rates.iter()).map(|&r| p(k, s.latency_connections, Some(r))))
                 }
+                ScenarioKind::Throughput => v.extend(s.connections.iter().map(|&c| p(k, c, None))),
                 ScenarioKind::Http1 | ScenarioKind::Http2 => {
                     v.push(p(k, s.http_connections, Some(s.http_rate)))
                 }
@@ -279,12 +299,18 @@ impl Suite {
             ..Record::default()
         };
         let before = sys.scrape();
+        let scraped_at = Instant::now();
         if let Err(e) = self.measure(&mut rec, p, target, &pids, proxied) {
             rec.error = Some(format!("{e:#}"));
         }
         let sys = &self.systems[si];
         if let (Some(a), Some(b)) = (before, sys.scrape()) {
-            rec.shards = a.iter().zip(&b).flat_map(|(a, b)| shards::delta(a, b)).collect();
+            rec.shard_seconds = Some(scraped_at.elapsed().as_secs_f64());
+            rec.shards = a
+                .iter()
+                .zip(&b)
+                .flat_map(|(a, b)| shards::delta(a, b))
+                .collect();
         }
         if !self.server.wait_idle(DRAIN_TIMEOUT) {
             let w = format!(
@@ -326,7 +352,13 @@ impl Suite {
             }
             ScenarioKind::Throughput => {
                 let m = throughput::run(
-                    &self.rt, target, p.connections, warmup, duration, &self.server, pids,
+                    &self.rt,
+                    target,
+                    p.connections,
+                    warmup,
+                    duration,
+                    &self.server,
+                    pids,
                 )?;
                 rec.set_cpu(m.cpu, proxied);
                 rec.bytes = m.bytes;
@@ -376,7 +408,12 @@ impl Suite {
     }
 
     fn note_log_problems(&mut self) {
-        if let Some(Procs::Zmesh(n)) = self.systems.iter().map(|s| &s.procs).find(|p| matches!(p, Procs::Zmesh(_))) {
+        if let Some(Procs::Zmesh(n)) = self
+            .systems
+            .iter()
+            .map(|s| &s.procs)
+            .find(|p| matches!(p, Procs::Zmesh(_)))
+        {
             for p in &n.procs {
                 let (warn, error, first) = log_problems(p);
                 if warn + error > 0 {
@@ -465,7 +502,9 @@ fn relay_spec(threads: u32) -> ProxySpec {
         name: "relay".into(),
         listen: "127.0.3.1:{port}".into(),
         config: None,
-        cmd: format!("{{perf}} relay --listen {{listen}} --upstream {{upstream}} --threads {threads}"),
+        cmd: format!(
+            "{{perf}} relay --listen {{listen}} --upstream {{upstream}} --threads {threads}"
+        ),
     }
 }
 

@@ -59,7 +59,12 @@ pub struct SuiteArgs {
     /// Systems to compare, comma separated, run interleaved in this order: `direct` (no
     /// mesh), `relay` (a plain TCP relay), `zmesh` (two nodes, HBONE between them), and the
     /// names of --proxy templates (which are added at the end when not named here).
-    #[arg(long, value_delimiter = ',', default_value = "direct,relay,zmesh", value_name = "NAME,…")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,relay,zmesh",
+        value_name = "NAME,…"
+    )]
     pub systems: Vec<String>,
 
     /// Another proxy to measure, as a command template (repeatable), e.g.
@@ -240,7 +245,11 @@ impl SuiteArgs {
             duration_s: secs(self.duration, 10.0, 1.5),
             warmup_s: secs(self.warmup, 1.0, 0.5),
             repeat: self.repeat.unwrap_or(if q { 2 } else { 3 }),
-            rates: pick(&self.rates, &[500.0, 1000.0, 2000.0, 4000.0], &[1000.0, 4000.0]),
+            rates: pick(
+                &self.rates,
+                &[500.0, 1000.0, 2000.0, 4000.0],
+                &[1000.0, 4000.0],
+            ),
             latency_connections: self.latency_connections,
             size: self.size,
             connections: if !self.connections.is_empty() {
@@ -253,9 +262,7 @@ impl SuiteArgs {
             http_rate: self.http_rate,
             http_connections: self.http_connections,
             churn_rate: self.churn_rate.unwrap_or(if q { 200.0 } else { 500.0 }),
-            idle_connections: self
-                .idle_connections
-                .unwrap_or(if q { 500 } else { 2000 }) as usize,
+            idle_connections: self.idle_connections.unwrap_or(if q { 500 } else { 2000 }) as usize,
             crypto_time_s: secs(self.crypto_time, 1.0, 0.25),
             node,
         })

@@ -24,57 +24,71 @@ pub fn write_all(
         }
         Ok(())
     };
+    // p50 and p99 apart: on one scale the p99 lines squash the p50 ones flat.
     put(
-        "latency-vs-rate.svg",
-        latency_vs_rate(records, points, systems),
+        "latency-p50-vs-rate.svg",
+        latency_vs_rate(records, points, systems, "p50", |r| {
+            r.latency.map(|l| l.p50_us)
+        }),
+    )?;
+    put(
+        "latency-p99-vs-rate.svg",
+        latency_vs_rate(records, points, systems, "p99", |r| {
+            r.latency.map(|l| l.p99_us)
+        }),
     )?;
     put(
         "throughput-vs-connections.svg",
         throughput_vs_conns(records, points, systems),
     )?;
-    if let Some((label, shards)) = shard_medians(records, points) {
+    if let Some((label, secs, shards)) = shard_medians(records, points) {
         put("shard-cpu.svg", Some(shard_cpu(&label, &shards)))?;
-        put("shard-io.svg", Some(shard_io(&label, &shards)))?;
+        put("shard-io.svg", Some(shard_io(&label, secs, &shards)))?;
     }
     Ok(written)
 }
 
 /// Median of `f` over the successful records of (point, system).
-fn median(records: &[Record], p: &Point, sys: &str, f: impl Fn(&Record) -> Option<f64>) -> Option<f64> {
-    Cell::of(records, &p.label(), sys).metric(f).map(|s| s.median)
+fn median(
+    records: &[Record],
+    p: &Point,
+    sys: &str,
+    f: impl Fn(&Record) -> Option<f64>,
+) -> Option<f64> {
+    Cell::of(records, &p.label(), sys)
+        .metric(f)
+        .map(|s| s.median)
 }
 
-fn latency_vs_rate(records: &[Record], points: &[Point], systems: &[String]) -> Option<String> {
+fn latency_vs_rate(
+    records: &[Record],
+    points: &[Point],
+    systems: &[String],
+    quantile: &str,
+    f: fn(&Record) -> Option<f64>,
+) -> Option<String> {
     let pts: Vec<&Point> = (points.iter())
         .filter(|p| p.kind == ScenarioKind::TcpLatency)
         .collect();
     if pts.is_empty() {
         return None;
     }
-    let mut series = Vec::new();
-    for (i, sys) in systems.iter().enumerate() {
-        for (q, dashed, f) in [
-            ("p50", false, (|r: &Record| r.latency.map(|l| l.p50_us)) as fn(&Record) -> Option<f64>),
-            ("p99", true, |r: &Record| r.latency.map(|l| l.p99_us)),
-        ] {
-            let points: Vec<(f64, f64)> = (pts.iter())
+    let series: Vec<Series> = (systems.iter().enumerate())
+        .map(|(i, sys)| Series {
+            name: sys.clone(),
+            points: (pts.iter())
                 .filter_map(|p| Some((p.rate?, median(records, p, sys, f)?)))
-                .collect();
-            if !points.is_empty() {
-                series.push(Series {
-                    name: format!("{sys} {q}"),
-                    points,
-                    dashed,
-                    colour: i,
-                });
-            }
-        }
-    }
+                .collect(),
+            dashed: false,
+            colour: i,
+        })
+        .filter(|s| !s.points.is_empty())
+        .collect();
     let conns = pts[0].connections;
     Some(line_chart(
-        &format!("TCP echo latency against offered rate ({conns} conn, medians)"),
+        &format!("TCP echo {quantile} latency against offered rate ({conns} conn, medians)"),
         "offered rate (requests/s)",
-        "latency from intended send (µs)",
+        &format!("{quantile} from intended send time (µs)"),
         &series,
     ))
 }
@@ -90,7 +104,12 @@ fn throughput_vs_conns(records: &[Record], points: &[Point], systems: &[String])
         .map(|(i, sys)| Series {
             name: sys.clone(),
             points: (pts.iter())
-                .filter_map(|p| Some((p.connections as f64, median(records, p, sys, |r| r.gbit_per_s)?)))
+                .filter_map(|p| {
+                    Some((
+                        p.connections as f64,
+                        median(records, p, sys, |r| r.gbit_per_s)?,
+                    ))
+                })
                 .collect(),
             dashed: false,
             colour: i,
@@ -107,9 +126,10 @@ fn throughput_vs_conns(records: &[Record], points: &[Point], systems: &[String])
 
 /// Per-shard medians of zmesh's busiest point: the throughput point with the most
 /// connections, or else the first point with shard data.
-fn shard_medians(records: &[Record], points: &[Point]) -> Option<(String, Vec<ShardDelta>)> {
+fn shard_medians(records: &[Record], points: &[Point]) -> Option<(String, f64, Vec<ShardDelta>)> {
     let has = |p: &&Point| {
-        (records.iter()).any(|r| r.point == p.label() && r.system == "zmesh" && !r.shards.is_empty())
+        (records.iter())
+            .any(|r| r.point == p.label() && r.system == "zmesh" && !r.shards.is_empty())
     };
     let p = (points.iter())
         .filter(|p| p.kind == ScenarioKind::Throughput)
@@ -123,11 +143,17 @@ fn shard_medians(records: &[Record], points: &[Point]) -> Option<(String, Vec<Sh
     let first = runs.first()?;
     let med = |key: &ShardDelta, f: fn(&ShardDelta) -> f64| {
         let v: Vec<f64> = (runs.iter())
-            .filter_map(|r| r.shards.iter().find(|s| s.node == key.node && s.shard == key.shard))
+            .filter_map(|r| {
+                r.shards
+                    .iter()
+                    .find(|s| s.node == key.node && s.shard == key.shard)
+            })
             .map(f)
             .collect();
         spread(&v).map(|s| s.median).unwrap_or(0.0)
     };
+    let secs: Vec<f64> = runs.iter().filter_map(|r| r.shard_seconds).collect();
+    let secs = spread(&secs).map(|s| s.median).unwrap_or(0.0);
     let shards = (first.shards.iter())
         .map(|k| ShardDelta {
             busy_seconds: med(k, |s| s.busy_seconds),
@@ -137,11 +163,14 @@ fn shard_medians(records: &[Record], points: &[Point]) -> Option<(String, Vec<Sh
             ..k.clone()
         })
         .collect();
-    Some((label, shards))
+    Some((label, secs, shards))
 }
 
 fn categories(shards: &[ShardDelta]) -> Vec<String> {
-    shards.iter().map(|s| format!("{} #{}", s.node, s.shard)).collect()
+    shards
+        .iter()
+        .map(|s| format!("{} #{}", s.node, s.shard))
+        .collect()
 }
 
 fn shard_cpu(label: &str, shards: &[ShardDelta]) -> String {
@@ -165,12 +194,15 @@ fn shard_cpu(label: &str, shards: &[ShardDelta]) -> String {
     )
 }
 
-fn shard_io(label: &str, shards: &[ShardDelta]) -> String {
+fn shard_io(label: &str, secs: f64, shards: &[ShardDelta]) -> String {
     let per_s = |f: fn(&ShardDelta) -> f64| -> Vec<f64> {
         (shards.iter())
             .map(|s| {
-                let t = s.busy_seconds + s.idle_seconds;
-                if t > 0.0 { f(s) / t / 1000.0 } else { 0.0 }
+                if secs > 0.0 {
+                    f(s) / secs / 1000.0
+                } else {
+                    0.0
+                }
             })
             .collect()
     };

@@ -61,6 +61,8 @@ pub struct Record {
     pub idle: Option<idle::Measured>,
     /// zmesh only: what each shard did over the run (scraped before and after).
     pub shards: Vec<ShardDelta>,
+    /// Wall-clock seconds between the two scrapes of `shards`.
+    pub shard_seconds: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -180,9 +182,7 @@ pub struct Inputs<'a> {
 
 pub fn markdown(i: &Inputs<'_>) -> String {
     let mut out = String::new();
-    let lat: Vec<&Point> = (i.points.iter())
-        .filter(|p| p.rate.is_some())
-        .collect();
+    let lat: Vec<&Point> = (i.points.iter()).filter(|p| p.rate.is_some()).collect();
     if !lat.is_empty() {
         out += &latency_table(i, &lat);
     }
@@ -275,8 +275,9 @@ fn throughput_table(i: &Inputs<'_>, points: &[&Point]) -> String {
             let c = Cell::of(i.records, &label, sys);
             let g = c.metric(|r| r.gbit_per_s);
             let per_gb = c.metric(|r| r.proxy_cpu_s_per_gb);
+            // The relay does no crypto: beside the floor its numbers would mislead.
             let (vs_floor, of_ceiling) = match (floor, sys.as_str()) {
-                (Some(f), s) if s != "direct" => (
+                (Some(f), s) if s != "direct" && s != "relay" => (
                     per_gb.map(|x| format!("{:.1}×", x.median / f.floor_cpu_s_per_gb)),
                     g.map(|g| format!("{:.0}%", g.median / 8.0 / f.seal_open_gb_per_s * 100.0)),
                 ),
@@ -292,10 +293,11 @@ fn throughput_table(i: &Inputs<'_>, points: &[&Point]) -> String {
                 cell(per_gb),
                 vs_floor.unwrap_or_else(|| "–".into()),
                 of_ceiling.unwrap_or_else(|| "–".into()),
-                cell(c.metric(|r| r
-                    .cpu
-                    .filter(|c| c.seconds > 0.0)
-                    .map(|c| c.machine_busy_seconds / c.seconds))),
+                cell(c.metric(|r| {
+                    r.cpu
+                        .filter(|c| c.seconds > 0.0)
+                        .map(|c| c.machine_busy_seconds / c.seconds)
+                })),
                 c.ids(),
             );
         }
@@ -313,8 +315,8 @@ fn idle_table(i: &Inputs<'_>, p: &Point) -> String {
     );
     for sys in i.systems {
         let c = Cell::of(i.records, &label, sys);
-        let mib = |f: fn(&idle::Measured) -> u64| {
-            c.metric(move |r| r.idle.as_ref().map(|m| f(m) as f64 / 1024.0))
+        let mib = |f: fn(&idle::Measured) -> Option<u64>| {
+            c.metric(move |r| r.idle.as_ref().and_then(f).map(|k| k as f64 / 1024.0))
         };
         let _ = writeln!(
             out,
@@ -338,7 +340,7 @@ fn shard_table(i: &Inputs<'_>) -> String {
         return String::new();
     }
     let mut out = String::from(
-        "\n### zmesh shards (from the nodes' metrics, per run; median over repetitions)\n\n\
+        "\n### zmesh shards (from the nodes' metrics, per run; median over repetitions; – : the shard never woke)\n\n\
          | scenario | node | shard | busy fraction | submissions/s | completions/s | polls/s | records |\n\
          |---|---|---:|---:|---:|---:|---:|---|\n",
     );
@@ -351,7 +353,7 @@ fn shard_table(i: &Inputs<'_>) -> String {
                 let v: Vec<f64> = (runs.iter())
                     .filter_map(|r| {
                         let s = r.shards.iter().find(|s| (s.node.clone(), s.shard) == key)?;
-                        f(s, r.seconds_total())
+                        f(s, r.shard_seconds.unwrap_or(0.0))
                     })
                     .collect();
                 cell(spread(&v))
@@ -371,14 +373,4 @@ fn shard_table(i: &Inputs<'_>) -> String {
         }
     }
     out
-}
-
-impl Record {
-    /// The span the shard counters cover: busy + idle of any shard (each shard thread's
-    /// wall time between the scrapes).
-    pub fn seconds_total(&self) -> f64 {
-        (self.shards.iter())
-            .map(|s| s.busy_seconds + s.idle_seconds)
-            .fold(0.0, f64::max)
-    }
 }

@@ -277,7 +277,14 @@ mod tests {
                 colour: 0,
             }],
         );
-        for want in ["<svg", "Latency", "rate (req/s)", "zmesh p50", "<polyline", "</svg>"] {
+        for want in [
+            "<svg",
+            "Latency",
+            "rate (req/s)",
+            "zmesh p50",
+            "<polyline",
+            "</svg>",
+        ] {
             assert!(s.contains(want), "{want} missing");
         }
         let b = bar_chart(
