@@ -127,7 +127,7 @@ pub fn run(rt: &Runtime, target: Target, p: Params, pids: &[u32]) -> anyhow::Res
         );
     }
     anyhow::ensure!(
-        hist.len() > 0,
+        !hist.is_empty(),
         "no request of the measured window succeeded ({errors} failed)"
     );
     Ok(Measured {
