@@ -237,7 +237,10 @@ impl Suite {
             rate,
             size: s.size,
         };
-        for &k in &s.scenarios {
+        // Idle first (see run_all), then the others in the order given.
+        let mut kinds = s.scenarios.clone();
+        kinds.sort_by_key(|k| *k != ScenarioKind::Idle);
+        for &k in &kinds {
             match k {
                 ScenarioKind::TcpLatency => {
                     v.extend((s.rates.iter()).map(|&r| p(k, s.latency_connections, Some(r))))
@@ -259,10 +262,19 @@ impl Suite {
         records: &mut Vec<Record>,
         clock: Instant,
     ) -> anyhow::Result<()> {
-        let total = self.s.repeat as usize * points.len() * self.systems.len();
+        let idle = points
+            .iter()
+            .filter(|p| p.kind == ScenarioKind::Idle)
+            .count();
+        let total = (self.s.repeat as usize * (points.len() - idle) + idle) * self.systems.len();
         let loop_start = Instant::now();
         for rep in 1..=self.s.repeat {
-            for p in points {
+            // Idle runs once, first: allocators keep what a proxy freed, so a repeated idle
+            // run would reuse the memory of the first and understate the cost per connection.
+            for p in points
+                .iter()
+                .filter(|p| rep == 1 || p.kind != ScenarioKind::Idle)
+            {
                 for si in 0..self.systems.len() {
                     let rec = self.run_one(si, *p, rep, records.len() + 1);
                     let done = records.len() + 1;
@@ -382,7 +394,7 @@ impl Suite {
                 let m = openloop::run(&self.rt, target, params, pids)?;
                 rec.set_cpu(m.cpu, proxied);
                 rec.achieved_per_s = Some(m.stats.requests as f64 / duration.as_secs_f64());
-                rec.errors = Some(m.errors);
+                rec.errors = (p.kind == ScenarioKind::Churn).then_some(m.errors);
                 rec.latency = Some(m.stats);
             }
             ScenarioKind::Idle => {
