@@ -24,6 +24,7 @@ mod suite;
 mod suite_cli;
 mod suite_plots;
 mod suite_report;
+mod suite_systems;
 mod svg;
 mod systems;
 mod throughput;

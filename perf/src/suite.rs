@@ -16,72 +16,19 @@ use anyhow::Context;
 use tokio::runtime::Runtime;
 
 use crate::bench::{compilers_running, machine_info, timestamp, unix_now};
-use crate::procfs::{Memory, Proc, memory, with_descendants};
-use crate::proxy::{self, ProxySpec};
+use crate::procfs::{Memory, memory};
+use crate::proxy;
 use crate::server::ServerStats;
-use crate::shards::{self, Scrape};
+use crate::shards;
 use crate::suite_cli::{ScenarioKind, SuiteArgs, SuiteSettings};
 use crate::suite_report::{Inputs, Point, Record, markdown};
+use crate::suite_systems::{Procs, Sys, relay_spec};
 use crate::systems::{SERVER, Target};
 use crate::zmesh::{Nodes, log_problems};
 use crate::{crypto, idle, latency, openloop, throughput};
 
 /// How long the server may take to see every connection of a finished run closed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Where the two nodes serve their metrics (see [`crate::zmesh`]).
-const NODE_METRICS: [(&str, [u8; 4]); 2] = [("node-a", [127, 0, 1, 1]), ("node-b", [127, 0, 2, 1])];
-
-/// How a system's processes run.
-enum Procs {
-    None,
-    Zmesh(Box<Nodes>),
-    Proxy(Box<proxy::Running>),
-}
-
-/// One system under test.
-struct Sys {
-    name: String,
-    target: Target,
-    procs: Procs,
-}
-
-impl Sys {
-    /// The processes whose CPU and memory count for this system, at this moment.
-    fn pids(&self) -> Vec<u32> {
-        match &self.procs {
-            Procs::None => Vec::new(),
-            Procs::Zmesh(n) => n.pids(),
-            Procs::Proxy(p) => with_descendants(p.proc.pid()),
-        }
-    }
-
-    fn procs(&self) -> Vec<&Proc> {
-        match &self.procs {
-            Procs::None => Vec::new(),
-            Procs::Zmesh(n) => n.procs.iter().collect(),
-            Procs::Proxy(p) => vec![&p.proc],
-        }
-    }
-
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        match &mut self.procs {
-            Procs::None => Ok(()),
-            Procs::Zmesh(n) => n.check_alive(),
-            Procs::Proxy(p) => p.proc.check_alive(),
-        }
-    }
-
-    fn scrape(&self) -> Option<Vec<Scrape>> {
-        let Procs::Zmesh(_) = self.procs else {
-            return None;
-        };
-        NODE_METRICS
-            .iter()
-            .map(|(n, ip)| shards::scrape(n, SocketAddr::from((*ip, 15020))).ok())
-            .collect()
-    }
-}
-
 struct Suite {
     s: SuiteSettings,
     rt: Runtime,
@@ -505,18 +452,6 @@ impl Suite {
             );
         }
         md
-    }
-}
-
-/// The built-in plain relay as a proxy template.
-fn relay_spec(threads: u32) -> ProxySpec {
-    ProxySpec {
-        name: "relay".into(),
-        listen: "127.0.3.1:{port}".into(),
-        config: None,
-        cmd: format!(
-            "{{perf}} relay --listen {{listen}} --upstream {{upstream}} --threads {threads}"
-        ),
     }
 }
 

@@ -51,8 +51,8 @@ impl ScenarioKind {
 /// Flags of `zmesh-perf suite`.
 #[derive(Args, Debug, Clone)]
 pub struct SuiteArgs {
-    /// Short settings (2 s runs, 2 repetitions, fewer points): finishes in under 3 minutes on
-    /// 2 cores. Any flag given explicitly still wins.
+    /// Short settings (1.5 s runs, 2 repetitions, fewer points): finishes in under 3 minutes
+    /// on 2 cores. Any flag given explicitly still wins.
     #[arg(long)]
     pub quick: bool,
 
@@ -86,7 +86,8 @@ pub struct SuiteArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub warmup: Option<Duration>,
 
-    /// Repetitions of every (scenario, system) pair. Default 3, or 2 with --quick.
+    /// Repetitions of every (scenario, system) pair (idle runs once). Default 3, or 2 with
+    /// --quick.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub repeat: Option<u32>,
 
@@ -266,5 +267,60 @@ impl SuiteArgs {
             crypto_time_s: secs(self.crypto_time, 1.0, 0.25),
             node,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn args(extra: &[&str]) -> SuiteArgs {
+        let argv = ["zmesh-perf", "suite"].iter().chain(extra).copied();
+        match Cli::try_parse_from(argv).expect("parse").command {
+            Command::Suite(a) => *a,
+            other => panic!("suite expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn quick_defaults_and_proxies_join_the_systems() {
+        let s = args(&[
+            "--quick",
+            "--systems",
+            "direct",
+            "--proxy",
+            "name=p,cmd=x {listen}",
+            "--churn-rate",
+            "50",
+        ])
+        .settings()
+        .expect("settings");
+        assert_eq!(s.systems, vec!["direct", "p"]);
+        assert_eq!((s.duration_s, s.repeat), (1.5, 2));
+        assert_eq!(s.rates, vec![1000.0, 4000.0]);
+        assert_eq!((s.churn_rate, s.idle_connections), (50.0, 500));
+        assert_eq!(s.scenarios, ScenarioKind::ALL.to_vec());
+    }
+
+    #[test]
+    fn bad_systems_are_rejected() {
+        for (extra, says) in [
+            (&["--systems", "direct,nope"][..], "unknown system"),
+            (&["--systems", "direct,direct"], "twice"),
+            (
+                &["--systems", "direct", "--proxy", "name=relay,cmd=x"],
+                "taken",
+            ),
+            (
+                &["--systems", "zmesh", "--node-bin", "/nonexistent"],
+                "not found",
+            ),
+        ] {
+            let e = args(extra).settings().expect_err("rejected");
+            assert!(e.to_string().contains(says), "{extra:?}: {e}");
+        }
     }
 }
