@@ -274,7 +274,7 @@ fn memory_json(memory: &[(String, Memory)]) -> serde_json::Value {
         .into()
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -282,7 +282,7 @@ fn unix_now() -> u64 {
 }
 
 /// `YYYYMMDD-HHMMSS` (UTC) for file names.
-fn timestamp(unix: u64) -> String {
+pub(crate) fn timestamp(unix: u64) -> String {
     let (days, secs) = (unix / 86_400, unix % 86_400);
     // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
     let z = days + 719_468;
@@ -302,7 +302,7 @@ fn timestamp(unix: u64) -> String {
     )
 }
 
-fn machine_info() -> serde_json::Value {
+pub(crate) fn machine_info() -> serde_json::Value {
     let read = |p: &str| {
         std::fs::read_to_string(p)
             .map(|s| s.trim().to_string())
@@ -323,7 +323,7 @@ fn machine_info() -> serde_json::Value {
 }
 
 /// Compilers running beside us make every number noisy (BENCH-METHOD: wait until none runs).
-fn compilers_running() -> Option<String> {
+pub(crate) fn compilers_running() -> Option<String> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let comm: PathBuf = entry.path().join("comm");

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// zmesh's load generator: measures throughput, CPU cost and latency of the node proxy beside
-/// a direct connection and a plain TCP relay, in the same run.
+/// zmesh's load generator: measures latency, throughput, connection churn, memory and CPU cost
+/// of the node proxy beside no mesh, a plain TCP relay and other proxies, in the same run.
 #[derive(Parser, Debug)]
 #[command(name = "zmesh-perf", version, about, long_about)]
 pub struct Cli {
@@ -22,6 +22,21 @@ pub enum Command {
     /// Two zmesh-node processes on loopback (client → SOCKS5 → node A → HBONE → node B →
     /// server), compared with direct connections and a plain TCP relay, interleaved.
     Loopback(LoopbackArgs),
+    /// The benchmark suite: every scenario (TCP latency against rate, throughput against
+    /// connections, HTTP/1.1, HTTP/2, connection churn, idle connections) against no mesh,
+    /// the plain relay, zmesh and any --proxy, interleaved and repeated, with the crypto
+    /// ceiling; writes JSON, markdown and SVG plots to a results folder.
+    Suite(Box<crate::suite_cli::SuiteArgs>),
+    /// A deliberately slow TCP relay (a test double): every chunk is forwarded --delay after
+    /// it was read, in each direction. Prints "listening <addr>" when ready.
+    DelayProxy(crate::delay::DelayArgs),
+    /// Measures AES-GCM seal and open of 16 KiB records on one core with aws-lc-rs (rustls'
+    /// crypto here) and prints the results as JSON.
+    Crypto {
+        /// Time per measurement.
+        #[arg(long, default_value = "1s", value_parser = parse_positive_duration, value_name = "DURATION")]
+        time: Duration,
+    },
     /// A plain TCP relay: accept, connect upstream, copy both ways. The baseline that
     /// `loopback` runs as a child process; prints "listening <addr>" on stdout when ready.
     Relay(RelayArgs),
@@ -143,12 +158,6 @@ pub struct Settings {
 impl LoopbackArgs {
     /// Applies --quick and the defaults, and finds the node binary (an error if missing).
     pub fn settings(&self) -> anyhow::Result<Settings> {
-        let duration = self.duration.unwrap_or(if self.quick {
-            QUICK_DURATION
-        } else {
-            DEFAULT_DURATION
-        });
-        let repeat = self.repeat.unwrap_or(if self.quick { 1 } else { 3 });
         let node_bin = match &self.node_bin {
             Some(p) => p.clone(),
             None => default_node_bin()?,
@@ -163,6 +172,20 @@ impl LoopbackArgs {
             "--connections needs at least one count"
         );
         Ok(Settings {
+            node_bin,
+            ..self.settings_without_binary()
+        })
+    }
+
+    /// The settings without looking for the node binary (for runs that start no node).
+    pub fn settings_without_binary(&self) -> Settings {
+        let duration = self.duration.unwrap_or(if self.quick {
+            QUICK_DURATION
+        } else {
+            DEFAULT_DURATION
+        });
+        let repeat = self.repeat.unwrap_or(if self.quick { 1 } else { 3 });
+        Settings {
             duration_s: duration.as_secs_f64(),
             warmup_s: self.warmup.as_secs_f64(),
             repeat,
@@ -171,11 +194,11 @@ impl LoopbackArgs {
             rate: self.rate,
             latency_connections: self.latency_connections,
             size: self.size,
-            node_bin,
+            node_bin: self.node_bin.clone().unwrap_or_default(),
             driver: self.driver.map(|d| d.flag().to_string()),
             node_args: self.node_arg.clone(),
             out: self.out.clone(),
-        })
+        }
     }
 }
 
@@ -203,8 +226,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1e3,
+        "us" | "µs" => n / 1e6,
         "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use us, ms, s or m)")),
     };
     if !secs.is_finite() || secs > 86_400.0 {
         return Err(format!("{s:?} is out of range"));
@@ -212,7 +236,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(100) {
         return Err(format!("{s:?} is too short: a run needs at least 100ms"));
@@ -220,7 +244,7 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_rate(s: &str) -> Result<f64, String> {
+pub fn parse_rate(s: &str) -> Result<f64, String> {
     let r: f64 = s
         .trim()
         .parse()
@@ -234,7 +258,7 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     Ok(r)
 }
 
-fn parse_count(s: &str) -> Result<usize, String> {
+pub fn parse_count(s: &str) -> Result<usize, String> {
     let n: usize = s
         .trim()
         .parse()
@@ -247,7 +271,7 @@ fn parse_count(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
-fn parse_size(s: &str) -> Result<usize, String> {
+pub fn parse_size(s: &str) -> Result<usize, String> {
     let n: usize = s
         .trim()
         .parse()

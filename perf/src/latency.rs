@@ -63,19 +63,30 @@ pub struct Measured {
 }
 
 /// The schedule shared by the sender and the readers.
-#[derive(Clone, Copy)]
-struct Schedule {
-    t0: Instant,
-    rate: f64,
-    conns: usize,
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Schedule {
+    pub t0: Instant,
+    pub rate: f64,
+    pub conns: usize,
     /// Requests in warm-up plus window.
-    total: u64,
+    pub total: u64,
     /// First request due in the measured window.
-    first_measured: u64,
+    pub first_measured: u64,
 }
 
 impl Schedule {
-    fn due(&self, j: u64) -> Instant {
+    /// The schedule of a run starting shortly from now.
+    pub fn new(rate: f64, conns: usize, warmup: Duration, duration: Duration) -> Schedule {
+        Schedule {
+            t0: Instant::now() + START_DELAY,
+            rate,
+            conns,
+            total: ((warmup + duration).as_secs_f64() * rate).ceil() as u64,
+            first_measured: (warmup.as_secs_f64() * rate).ceil() as u64,
+        }
+    }
+
+    pub fn due(&self, j: u64) -> Instant {
         self.t0 + Duration::from_secs_f64(j as f64 / self.rate)
     }
 
@@ -92,13 +103,7 @@ impl Schedule {
 
 pub fn run(rt: &Runtime, target: Target, p: Params, pids: &[u32]) -> anyhow::Result<Measured> {
     let streams = connect_all(rt, target, p.conns)?;
-    let sched = Schedule {
-        t0: Instant::now() + START_DELAY,
-        rate: p.rate,
-        conns: p.conns,
-        total: ((p.warmup + p.duration).as_secs_f64() * p.rate).ceil() as u64,
-        first_measured: (p.warmup.as_secs_f64() * p.rate).ceil() as u64,
-    };
+    let sched = Schedule::new(p.rate, p.conns, p.warmup, p.duration);
     let mut readers = Vec::new();
     for (k, s) in streams.iter().enumerate() {
         let s = s.try_clone()?;
@@ -140,22 +145,28 @@ pub fn run(rt: &Runtime, target: Target, p: Params, pids: &[u32]) -> anyhow::Res
             problems.join("; ")
         );
     }
-    let us = |ns: u64| ns as f64 / 1e3;
-    let stats = LatencyStats {
-        requests: hist.len(),
-        p50_us: us(hist.value_at_quantile(0.50)),
-        p90_us: us(hist.value_at_quantile(0.90)),
-        p99_us: us(hist.value_at_quantile(0.99)),
-        p999_us: us(hist.value_at_quantile(0.999)),
-        max_us: us(hist.max()),
-        mean_us: hist.mean() / 1e3,
-        sender_lag_p99_us: us(lag.value_at_quantile(0.99)),
-        sender_lag_max_us: us(lag.max()),
-    };
     Ok(Measured {
-        stats,
+        stats: LatencyStats::of(&hist, &lag),
         cpu: CpuUsage::between(&before, &after),
     })
+}
+
+impl LatencyStats {
+    /// Percentiles of `hist` (latencies) and `lag` (sender lateness), both in ns.
+    pub fn of(hist: &Histogram<u64>, lag: &Histogram<u64>) -> LatencyStats {
+        let us = |ns: u64| ns as f64 / 1e3;
+        LatencyStats {
+            requests: hist.len(),
+            p50_us: us(hist.value_at_quantile(0.50)),
+            p90_us: us(hist.value_at_quantile(0.90)),
+            p99_us: us(hist.value_at_quantile(0.99)),
+            p999_us: us(hist.value_at_quantile(0.999)),
+            max_us: us(hist.max()),
+            mean_us: hist.mean() / 1e3,
+            sender_lag_p99_us: us(lag.value_at_quantile(0.99)),
+            sender_lag_max_us: us(lag.max()),
+        }
+    }
 }
 
 fn connect_all(rt: &Runtime, target: Target, conns: usize) -> anyhow::Result<Vec<TcpStream>> {
@@ -176,7 +187,7 @@ fn connect_all(rt: &Runtime, target: Target, conns: usize) -> anyhow::Result<Vec
     })
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // Cannot fail: the bounds are constants hdrhistogram accepts (low ≥ 1, high ≥ 2·low,
     // 3 significant digits).
     Histogram::new_with_bounds(1, MAX_NS, 3).expect("valid histogram bounds")
@@ -251,7 +262,7 @@ fn read_responses(
 }
 
 /// Sleeps until `t` with sub-10 µs accuracy: nanosleep for most of the wait, then spin.
-fn sleep_until(t: Instant) {
+pub(crate) fn sleep_until(t: Instant) {
     let now = Instant::now();
     if t > now + SPIN_BEFORE_SEND {
         std::thread::sleep(t - now - SPIN_BEFORE_SEND);

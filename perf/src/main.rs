@@ -1,4 +1,6 @@
-//! `zmesh-perf`: zmesh's benchmark driver. `loopback` runs the node proxy's benchmark on this
+//! `zmesh-perf`: zmesh's benchmark driver. `suite` runs every scenario against no mesh, a
+//! plain relay, zmesh and any proxy the user names, and writes JSON, markdown and SVG plots;
+//! `loopback` runs the node proxy's benchmark on this
 //! machine's loopback (two zmesh-node processes, SOCKS5 in, HBONE between them) beside a direct
 //! connection and a plain TCP relay measured in the same run, and reports medians, ranges and
 //! ratios to direct. It does not build zmesh, set up network namespaces or judge the numbers.
@@ -6,11 +8,24 @@
 
 mod bench;
 mod cli;
+mod crypto;
+mod delay;
+mod http;
+mod idle;
 mod latency;
+mod openloop;
 mod procfs;
+mod proxy;
 mod relay;
 mod report;
 mod server;
+mod shards;
+mod suite;
+mod suite_cli;
+mod suite_plots;
+mod suite_report;
+mod suite_systems;
+mod svg;
 mod systems;
 mod throughput;
 mod zmesh;
@@ -26,6 +41,9 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Loopback(args) => bench::loopback(args),
         Command::Relay(args) => relay::run(args),
+        Command::Suite(args) => suite::suite(args),
+        Command::DelayProxy(args) => delay::run(args),
+        Command::Crypto { time } => print_crypto(*time),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -34,4 +52,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `zmesh-perf crypto`: the ceiling alone, as JSON on stdout.
+fn print_crypto(time: std::time::Duration) -> anyhow::Result<()> {
+    let r = crypto::measure(time)?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(())
 }

@@ -60,6 +60,40 @@ fn parse_process_ticks(stat: &str) -> anyhow::Result<u64> {
     Ok(field(14)? + field(15)?)
 }
 
+/// `pid` and all its descendants (a proxy that forks workers is measured whole).
+pub fn with_descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let ppid = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                });
+            if let Some(pp) = ppid {
+                parent_of.push((p, pp));
+            }
+        }
+    }
+    let mut out = vec![pid];
+    // Breadth-first over the parent links; bounded by the number of processes.
+    let mut i = 0;
+    while i < out.len() {
+        let cur = out[i];
+        for &(p, pp) in &parent_of {
+            if pp == cur && !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
 /// Whole-machine CPU ticks from the `cpu` line of /proc/stat.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MachineTicks {
@@ -239,6 +273,19 @@ mod tests {
             parse_machine_ticks(stat).expect("parse").busy,
             100 + 5 + 50 + 3 + 2 + 1
         );
+    }
+
+    #[test]
+    fn descendants_include_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("spawn sleep");
+        let all = with_descendants(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(all[0], std::process::id());
+        assert!(all.contains(&child.id()), "{all:?}");
     }
 
     #[test]

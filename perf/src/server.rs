@@ -5,6 +5,7 @@
 //! - [`Mode::Sink`]: read and discard, counting bytes received (receiver-side throughput, as
 //!   iperf3 reports it).
 //! - [`Mode::Echo`]: write back every byte read.
+//! - anything else: HTTP/2 (the connection preface) or HTTP/1.1, answered by [`crate::http`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,9 +68,15 @@ impl ServerStats {
 
 /// Binds `addr` and serves it on the current runtime until the runtime stops.
 pub async fn start(addr: SocketAddr) -> anyhow::Result<Arc<ServerStats>> {
+    Ok(start_at(addr).await?.0)
+}
+
+/// Like [`start`], and returns the bound address (`addr` may have port 0).
+pub async fn start_at(addr: SocketAddr) -> anyhow::Result<(Arc<ServerStats>, SocketAddr)> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding the server on {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
     let stats = Arc::new(ServerStats::default());
     let s = stats.clone();
     tokio::spawn(async move {
@@ -86,22 +93,38 @@ pub async fn start(addr: SocketAddr) -> anyhow::Result<Arc<ServerStats>> {
             });
         }
     });
-    Ok(stats)
+    Ok((stats, bound))
 }
 
 async fn serve(mut conn: TcpStream, stats: &ServerStats) -> std::io::Result<()> {
     conn.set_nodelay(true)?;
-    let mut mode = [0u8; 1];
-    conn.read_exact(&mut mode).await?;
-    if mode[0] == Mode::Sink.byte() {
-        sink(conn, stats).await
-    } else if mode[0] == Mode::Echo.byte() {
-        echo(conn).await
+    // Peeked, not read: an HTTP connection's first bytes belong to its request.
+    let mut first = [0u8; 3];
+    let mut n = conn.peek(&mut first).await?;
+    if n == 0 {
+        return Ok(());
+    }
+    if first[0] == Mode::Sink.byte() || first[0] == Mode::Echo.byte() {
+        conn.read_exact(&mut first[..1]).await?;
+        return if first[0] == Mode::Sink.byte() {
+            sink(conn, stats).await
+        } else {
+            echo(conn).await
+        };
+    }
+    // "PRI" starts the HTTP/2 preface, "POST" an HTTP/1.1 request: wait for the third byte
+    // (it comes in the same write, so this is at most a few short waits).
+    for _ in 0..100 {
+        if n >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        n = conn.peek(&mut first).await?;
+    }
+    if &first[..n] == b"PRI" {
+        crate::http::serve_http2(conn).await
     } else {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "unknown mode byte",
-        ))
+        crate::http::serve_http1(conn).await
     }
 }
 

@@ -45,44 +45,66 @@ impl System {
     }
 }
 
-/// Where a client connects for one system.
+/// Where a client connects for one system: one half of an endpoint pair (the server half is
+/// the address the server listens on). Scenarios only ever see a `Target`, so another
+/// topology (network namespaces, other proxies) plugs in by building different ones.
 #[derive(Clone, Copy, Debug)]
 pub struct Target {
     /// The address the client's TCP connection goes to.
     pub addr: SocketAddr,
-    /// Whether a SOCKS5 CONNECT to [`SERVER`] must be done first.
-    pub socks5: bool,
+    /// When set, a SOCKS5 CONNECT to this destination is done first.
+    pub socks5: Option<SocketAddr>,
+    /// The client's source address (the client workload's IP), if it must be fixed.
+    pub bind: Option<IpAddr>,
 }
 
 impl Target {
     pub fn of(system: System) -> Target {
         match system {
-            System::Direct => Target {
-                addr: SERVER,
-                socks5: false,
-            },
-            System::Relay => Target {
-                addr: RELAY,
-                socks5: false,
-            },
+            System::Direct => Target::plain(SERVER),
+            System::Relay => Target::plain(RELAY),
             System::Zmesh => Target {
                 addr: crate::zmesh::SOCKS5_A,
-                socks5: true,
+                socks5: Some(SERVER),
+                bind: Some(CLIENT_IP),
             },
+        }
+    }
+}
+
+impl Target {
+    /// A plain TCP connection to `addr` from the client workload's address.
+    pub fn plain(addr: SocketAddr) -> Target {
+        Target {
+            addr,
+            socks5: None,
+            bind: Some(CLIENT_IP),
         }
     }
 }
 
 /// Opens a connection to the server through `t` and sends the mode byte.
 pub async fn connect(t: Target, mode: Mode) -> io::Result<TcpStream> {
-    let sock = TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(CLIENT_IP, 0))?;
+    let mut s = connect_raw(t).await?;
+    s.write_all(&[mode.byte()]).await?;
+    Ok(s)
+}
+
+/// Opens a connection to the server through `t`, ready for the application's first byte.
+pub async fn connect_raw(t: Target) -> io::Result<TcpStream> {
+    let sock = if t.addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = t.bind {
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
     let mut s = sock.connect(t.addr).await?;
     s.set_nodelay(true)?;
-    if t.socks5 {
-        socks5_connect(&mut s, SERVER).await?;
+    if let Some(dst) = t.socks5 {
+        socks5_connect(&mut s, dst).await?;
     }
-    s.write_all(&[mode.byte()]).await?;
     Ok(s)
 }
 
