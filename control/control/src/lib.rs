@@ -4,6 +4,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod objects;
 pub mod resources;
+pub mod source;
+pub mod store;
+pub mod translate;
 
 pub use resources::Resources;
