@@ -267,3 +267,13 @@ fn is_yaml(path: &Path) -> bool {
         Some("yaml" | "yml")
     )
 }
+
+/// Parses one YAML stream on its own (no directory, no earlier load: a rejected object is
+/// simply not applied). Diagnostics name the file `origin`.
+pub fn load_str(origin: &Path, text: &str) -> Load {
+    let mut source = DirSource::new(origin);
+    let mut pass = Pass::default();
+    let cached = parse_file(text.to_owned());
+    pass.add_file(origin, &cached);
+    source.finish(pass)
+}

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use crate::objects::ObjectKey;
 
-pub use self::dir::{DirSource, Load};
+pub use self::dir::{DirSource, Load, load_str};
 pub use self::watch::{DEFAULT_DEBOUNCE, DirWatcher, WatchError, WatchStatus};
 
 /// A problem with one file or document, reported instead of failing the whole load.
