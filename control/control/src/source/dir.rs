@@ -4,7 +4,7 @@
 //! last valid version from an earlier load, as an API server keeps an object whose update its
 //! webhook refused.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -56,8 +56,8 @@ struct Pass {
     rejected: Vec<Diagnostic>,
     /// Files with unreadable or unidentifiable content: their earlier objects stay.
     damaged: HashSet<PathBuf>,
-    /// Unknown `apiVersion kind` → first place seen and how many objects.
-    unknown: BTreeMap<String, (PathBuf, usize, usize, usize)>,
+    /// Unknown `apiVersion kind`, first place seen and how many objects, in order first seen.
+    unknown: Vec<(String, PathBuf, usize, usize, usize)>,
 }
 
 impl DirSource {
@@ -141,7 +141,7 @@ impl DirSource {
                 }
             }
         }
-        for (type_name, (file, doc, line, count)) in std::mem::take(&mut pass.unknown) {
+        for (type_name, file, doc, line, count) in std::mem::take(&mut pass.unknown) {
             pass.diagnostics.push(Diagnostic {
                 file,
                 document: Some(doc),
@@ -194,8 +194,16 @@ impl Pass {
                     self.damaged.insert(file.to_owned());
                 }
                 Parsed::Unknown { type_name } => {
-                    let first = (file.to_owned(), doc.index, doc.first_line, 0);
-                    self.unknown.entry(type_name.clone()).or_insert(first).3 += 1;
+                    match self.unknown.iter_mut().find(|u| &u.0 == type_name) {
+                        Some(u) => u.4 += 1,
+                        None => self.unknown.push((
+                            type_name.clone(),
+                            file.to_owned(),
+                            doc.index,
+                            doc.first_line,
+                            1,
+                        )),
+                    }
                 }
             }
         }
