@@ -1,5 +1,6 @@
 //! The directory source: what is applied, what is reported (file, document, object, reason),
 //! and that a rejected object never half-applies.
+#![allow(clippy::unwrap_used)]
 
 use std::fs;
 use std::path::Path;

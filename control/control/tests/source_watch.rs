@@ -1,5 +1,6 @@
 //! The directory watcher: edits, atomic-rename saves, deletions and new subdirectories reach
 //! the served resources within a second; a save that changes nothing sends nothing.
+#![allow(clippy::unwrap_used)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
 //! Translation rules, one behaviour per test, from YAML a user would write.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 

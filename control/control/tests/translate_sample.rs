@@ -1,6 +1,7 @@
 //! The sample directory in `testdata/sample`: a realistic ambient namespace (a Deployment on two
 //! nodes behind a Service, a client, an ALLOW policy for the client's identity, STRICT mTLS),
 //! loaded from disk and translated; every served resource is checked field by field.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -81,7 +82,7 @@ fn expected_service() -> Service {
         hostname: "reviews.shop.svc.cluster.local".to_owned(),
         addresses: vec![NetworkAddress {
             network: String::new(),
-            address: vec![10u8, 96, 12, 34].into(),
+            address: vec![10u8, 96, 12, 34],
             length: None,
         }],
         // Named target port: 0 here, resolved per pod in its services map.

@@ -260,6 +260,7 @@ pub(crate) fn port(v: &str) -> Result<u16, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

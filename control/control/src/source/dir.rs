@@ -134,11 +134,12 @@ impl DirSource {
             pass.diagnostics.push(diag);
         }
         for (key, origin) in &self.origins {
-            if pass.damaged.contains(origin) && pass.store.get(key).is_none() {
-                if let Some(prev) = self.last.get(key) {
-                    pass.store.insert(prev.clone());
-                    pass.origins.insert(key.clone(), origin.clone());
-                }
+            if pass.damaged.contains(origin)
+                && pass.store.get(key).is_none()
+                && let Some(prev) = self.last.get(key)
+            {
+                pass.store.insert(prev.clone());
+                pass.origins.insert(key.clone(), origin.clone());
             }
         }
         for (type_name, file, doc, line, count) in std::mem::take(&mut pass.unknown) {
