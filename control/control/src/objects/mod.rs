@@ -197,7 +197,22 @@ impl Object {
         }
     }
 
-    /// Deserializes an object of `kind` from one YAML document.
+    /// Deserializes an object of `kind` from a parsed document (one YAML parse serves both the
+    /// header and the object).
+    pub fn from_value(kind: Kind, value: serde_json::Value) -> Result<Object, serde_json::Error> {
+        use serde_json::from_value;
+        Ok(match kind {
+            Kind::Namespace => Object::Namespace(from_value(value)?),
+            Kind::Pod => Object::Pod(from_value(value)?),
+            Kind::Service => Object::Service(from_value(value)?),
+            Kind::ServiceAccount => Object::ServiceAccount(from_value(value)?),
+            Kind::Deployment => Object::Deployment(from_value(value)?),
+            Kind::AuthorizationPolicy => Object::AuthorizationPolicy(from_value(value)?),
+            Kind::PeerAuthentication => Object::PeerAuthentication(from_value(value)?),
+        })
+    }
+
+    /// Deserializes an object of `kind` from one YAML document; its errors carry the line.
     pub fn from_yaml(kind: Kind, text: &str) -> Result<Object, serde_saphyr::Error> {
         use serde_saphyr::from_str;
         Ok(match kind {

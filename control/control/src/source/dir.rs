@@ -44,6 +44,8 @@ struct CachedFile {
 struct CachedDoc {
     index: usize,
     first_line: usize,
+    /// Where the document is in the file's text.
+    range: std::ops::Range<usize>,
     parsed: Parsed,
 }
 
@@ -95,7 +97,7 @@ impl DirSource {
                 Ok(text) => {
                     let cached = match self.cache.remove(&file) {
                         Some(c) if c.text == text => c,
-                        _ => parse_file(text),
+                        old => parse_file(text, old.as_ref()),
                     };
                     pass.add_file(&file, &cached);
                     cache.insert(file, cached);
@@ -167,7 +169,7 @@ impl Pass {
             let diag = |object, kind, line: &Option<usize>, reason: &str| Diagnostic {
                 file: file.to_owned(),
                 document: Some(doc.index),
-                line: line.or(Some(doc.first_line)),
+                line: Some(doc.first_line + line.unwrap_or(1) - 1),
                 object,
                 kind,
                 reason: reason.to_owned(),
@@ -211,13 +213,27 @@ impl Pass {
     }
 }
 
-fn parse_file(text: String) -> CachedFile {
+/// Parses a file's documents; a document whose text is unchanged since `old` keeps its parse,
+/// so editing one object in a file of a thousand parses one.
+fn parse_file(text: String, old: Option<&CachedFile>) -> CachedFile {
+    let previous: HashMap<&str, &Parsed> = old
+        .into_iter()
+        .flat_map(|f| {
+            f.docs
+                .iter()
+                .map(move |d| (&f.text[d.range.clone()], &d.parsed))
+        })
+        .collect();
     let docs = documents::split(&text)
         .iter()
         .map(|d| CachedDoc {
             index: d.index,
             first_line: d.first_line,
-            parsed: documents::parse(d),
+            range: d.start..d.start + d.text.len(),
+            parsed: match previous.get(d.text) {
+                Some(p) => (*p).clone(),
+                None => documents::parse(d),
+            },
         })
         .collect();
     CachedFile { text, docs }
@@ -282,7 +298,7 @@ fn is_yaml(path: &Path) -> bool {
 pub fn load_str(origin: &Path, text: &str) -> Load {
     let mut source = DirSource::new(origin);
     let mut pass = Pass::default();
-    let cached = parse_file(text.to_owned());
+    let cached = parse_file(text.to_owned(), None);
     pass.add_file(origin, &cached);
     source.finish(pass)
 }

@@ -1,7 +1,7 @@
 //! Splitting a YAML file into documents and parsing each on its own, so that one broken
 //! document costs only itself and its position can be reported.
 
-use serde::Deserialize;
+use std::sync::Arc;
 
 use crate::objects::{Kind, Object, ObjectKey, validate};
 
@@ -11,6 +11,8 @@ pub(crate) struct RawDoc<'a> {
     pub index: usize,
     /// Line (from 1) where the document starts.
     pub first_line: usize,
+    /// Byte offset of `text` in the file.
+    pub start: usize,
     pub text: &'a str,
 }
 
@@ -23,13 +25,13 @@ pub(crate) fn split(text: &str) -> Vec<RawDoc<'_>> {
     let mut offset = 0;
     for (n, line) in text.split_inclusive('\n').enumerate() {
         if is_separator(line) && offset > start {
-            push_doc(&mut docs, &text[start..offset], start_line);
+            push_doc(&mut docs, text, start..offset, start_line);
             start = offset;
             start_line = n + 1;
         }
         offset += line.len();
     }
-    push_doc(&mut docs, &text[start..], start_line);
+    push_doc(&mut docs, text, start..text.len(), start_line);
     docs
 }
 
@@ -38,7 +40,14 @@ fn is_separator(line: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
 }
 
-fn push_doc<'a>(docs: &mut Vec<RawDoc<'a>>, text: &'a str, first_line: usize) {
+fn push_doc<'a>(
+    docs: &mut Vec<RawDoc<'a>>,
+    file: &'a str,
+    range: std::ops::Range<usize>,
+    first_line: usize,
+) {
+    let start = range.start;
+    let text = &file[range];
     let empty = text.lines().all(|l| {
         let t = l.trim();
         t.is_empty() || t.starts_with('#') || t == "---" || t == "..."
@@ -47,15 +56,17 @@ fn push_doc<'a>(docs: &mut Vec<RawDoc<'a>>, text: &'a str, first_line: usize) {
         docs.push(RawDoc {
             index: docs.len(),
             first_line,
+            start,
             text,
         });
     }
 }
 
-/// What one document turned out to be.
-#[derive(Debug)]
+/// What one document turned out to be. Lines are relative to the document (from 1), so a
+/// parse can be reused when the document moves within its file.
+#[derive(Clone, Debug)]
 pub(crate) enum Parsed {
-    Object(std::sync::Arc<Object>),
+    Object(Arc<Object>),
     /// A known kind whose content Istio or Kubernetes would reject.
     Rejected {
         key: ObjectKey,
@@ -73,76 +84,74 @@ pub(crate) enum Parsed {
     },
 }
 
-#[derive(Deserialize)]
-struct Header {
-    #[serde(rename = "apiVersion", default)]
-    api_version: String,
-    #[serde(default)]
-    kind: String,
-    #[serde(default)]
-    metadata: HeaderMeta,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct HeaderMeta {
-    name: String,
-    namespace: String,
-}
-
-/// Parses one document: header first (what is it?), then the full object of that kind.
+/// Parses one document: once into a generic value (header and object come from the same
+/// parse), then into the object of its kind. Only when that fails is the text parsed again as
+/// the typed object, for an error that names the line.
 pub(crate) fn parse(doc: &RawDoc<'_>) -> Parsed {
-    let header: Header = match serde_saphyr::from_str(doc.text) {
-        Ok(h) => h,
+    let value: serde_json::Value = match serde_saphyr::from_str(doc.text) {
+        Ok(v) => v,
         Err(e) => {
-            let (reason, line) = describe(&e, doc.first_line);
+            let (reason, line) = describe(&e);
             return Parsed::Broken { reason, line };
         }
     };
-    if header.api_version.is_empty() || header.kind.is_empty() {
+    let Some(map) = value.as_object() else {
         return Parsed::Broken {
-            reason: "apiVersion and kind are required".to_owned(),
-            line: Some(doc.first_line),
-        };
-    }
-    let Some(kind) = Kind::from_type(&header.api_version, &header.kind) else {
-        return Parsed::Unknown {
-            type_name: format!("{} {}", header.api_version, header.kind),
+            reason: "not a mapping with apiVersion, kind and metadata".to_owned(),
+            line: Some(1),
         };
     };
-    if header.metadata.name.is_empty() {
+    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let (api_version, kind_name) = (text(map.get("apiVersion")), text(map.get("kind")));
+    if api_version.is_empty() || kind_name.is_empty() {
         return Parsed::Broken {
-            reason: format!("{kind}: metadata.name is required"),
-            line: Some(doc.first_line),
+            reason: "apiVersion and kind are required".to_owned(),
+            line: Some(1),
         };
     }
-    let mut namespace = header.metadata.namespace;
+    let Some(kind) = Kind::from_type(&api_version, &kind_name) else {
+        return Parsed::Unknown {
+            type_name: format!("{api_version} {kind_name}"),
+        };
+    };
+    let meta = map.get("metadata");
+    let name = text(meta.and_then(|m| m.get("name")));
+    if name.is_empty() {
+        return Parsed::Broken {
+            reason: format!("{kind}: metadata.name is required"),
+            line: Some(1),
+        };
+    }
+    let mut namespace = text(meta.and_then(|m| m.get("namespace")));
     if !kind.is_namespaced() {
         namespace.clear();
     } else if namespace.is_empty() {
         namespace = "default".to_owned();
     }
-    let key = ObjectKey::new(kind, namespace, header.metadata.name);
-    let mut object = match Object::from_yaml(kind, doc.text) {
+    let key = ObjectKey::new(kind, namespace, name);
+    let mut object = match Object::from_value(kind, value) {
         Ok(o) => o,
-        Err(e) => {
-            let (reason, line) = describe(&e, doc.first_line);
+        Err(json_error) => {
+            let (reason, line) = match Object::from_yaml(kind, doc.text) {
+                Err(e) => describe(&e),
+                Ok(_) => (json_error.to_string(), Some(1)),
+            };
             return Parsed::Rejected { key, reason, line };
         }
     };
     object.normalize();
     match validate(&object) {
-        Ok(()) => Parsed::Object(std::sync::Arc::new(object)),
+        Ok(()) => Parsed::Object(Arc::new(object)),
         Err(reason) => Parsed::Rejected {
             key,
             reason,
-            line: Some(doc.first_line),
+            line: Some(1),
         },
     }
 }
 
-/// A one-line reason and the file line of a YAML error.
-fn describe(e: &serde_saphyr::Error, first_line: usize) -> (String, Option<usize>) {
+/// A one-line reason and the line (in the document, from 1) of a YAML error.
+fn describe(e: &serde_saphyr::Error) -> (String, Option<usize>) {
     use serde_saphyr::MessageFormatter;
     let e = e.without_snippet();
     let reason = serde_saphyr::UserMessageFormatter
@@ -153,8 +162,7 @@ fn describe(e: &serde_saphyr::Error, first_line: usize) -> (String, Option<usize
         .map(|l| l.line())
         .filter(|l| *l > 0)
         .and_then(|l| usize::try_from(l).ok())
-        .map(|l| first_line + l - 1)
-        .or(Some(first_line));
+        .or(Some(1));
     (reason, line)
 }
 
