@@ -635,3 +635,66 @@ fn peer_authentication_unset_inherits_and_port_exceptions() {
         vec!["demo/converted_peer_authentication_db-ports"]
     );
 }
+
+#[test]
+fn peer_authentication_conflicts_oldest_wins_and_root_selectors_are_ignored() {
+    let dated = |name: &str, ts: &str, mode: &str| {
+        format!(
+            "---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: demo, creationTimestamp: '{ts}'}}\nspec: {{mtls: {{mode: {mode}}}}}\n"
+        )
+    };
+    let yaml = format!(
+        "{AMBIENT_NS}{}{}{}{}",
+        dated("newer", "2026-02-01T00:00:00Z", "PERMISSIVE"),
+        dated("older", "2025-01-01T00:00:00Z", "STRICT"),
+        pa("root-selector", "istio-system", "  selector: {matchLabels: {app: web}}\n  mtls: {mode: DISABLE}"),
+        pod("web", "app: web", "10.0.0.1")
+    );
+    let t = run(&yaml);
+    let w = workload(&t, "demo", "web").expect("web");
+    assert_eq!(w.authorization_policies, vec!["demo/converted_peer_authentication_older"]);
+}
+
+#[test]
+fn service_account_defaults_and_dual_stack_services() {
+    let yaml = format!(
+        "{AMBIENT_NS}---
+apiVersion: v1
+kind: Pod
+metadata: {{name: legacy-sa, namespace: demo}}
+spec: {{serviceAccount: old-style}}
+status: {{podIP: 10.0.0.1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: no-sa, namespace: demo}}
+status: {{podIP: 10.0.0.2}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: dual, namespace: demo}}
+spec:
+  selector: {{app: x}}
+  clusterIPs: [10.96.0.1, 'fd00::1']
+  ports: [{{port: 443, appProtocol: kubernetes.io/h2c}}]
+"
+    );
+    let t = run(&yaml);
+    assert_eq!(workload(&t, "demo", "legacy-sa").expect("legacy").service_account, "old-style");
+    assert_eq!(workload(&t, "demo", "no-sa").expect("no-sa").service_account, "default");
+    let s = service(&t, "demo/dual.demo.svc.cluster.local");
+    assert_eq!(s.ip_families, zmesh_proto::workload::IpFamilies::Dual as i32);
+    assert_eq!(s.addresses.len(), 2);
+    assert_eq!(s.ports[0].app_protocol, zmesh_proto::workload::AppProtocol::Http2 as i32);
+}
+
+#[test]
+fn translation_is_deterministic() {
+    let yaml = format!(
+        "{AMBIENT_NS}{}{}{}",
+        pa("default", "demo", "  mtls: {mode: STRICT}"),
+        pod("a", "app: a", "10.0.0.1"),
+        pod("b", "app: b", "10.0.0.2")
+    );
+    assert_eq!(run(&yaml), run(&yaml));
+}
