@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use zmesh_control::Resources;
-use zmesh_control::source::{DEFAULT_DEBOUNCE, DirWatcher};
+use zmesh_control::source::{DEFAULT_DEBOUNCE, DirWatcher, WatchStatus};
 use zmesh_control::translate::MeshOptions;
 use zmesh_proto::workload::address;
 
@@ -50,6 +50,21 @@ fn has_workload(r: &Resources, name: &str) -> bool {
     r.addresses
         .get(&format!("Kubernetes//v1/Pod/shop/{name}"))
         .is_some_and(|a| matches!(a.r#type, Some(address::Type::Workload(_))))
+}
+
+/// Waits until no reload happened for 300 ms (late events of an earlier step can cause one
+/// more reload); returns the number of loads then.
+async fn settle(status: &watch::Receiver<Arc<WatchStatus>>) -> u64 {
+    let mut loads = status.borrow().loads;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = status.borrow().loads;
+        if now == loads {
+            return now;
+        }
+        loads = now;
+    }
+    panic!("the watcher keeps reloading");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -107,7 +122,7 @@ async fn edits_renames_and_deletions_are_served_and_no_change_sends_nothing() {
     eprintln!("file in a new subdirectory served in {took:?}");
 
     // Rewriting a file with the same objects reloads but sends nothing.
-    let loads = status.borrow_and_update().loads;
+    let loads = settle(&status).await;
     fs::write(
         dir.path().join("00-namespace.yaml"),
         fs::read_to_string(sample().join("00-namespace.yaml")).unwrap() + "\n# a comment\n",
@@ -121,6 +136,8 @@ async fn edits_renames_and_deletions_are_served_and_no_change_sends_nothing() {
     .await
     .expect("reloaded");
     assert!(!rx.has_changed().unwrap(), "no change, no send");
+    // The watcher's own reads (open/close events) must not trigger more reloads.
+    assert_eq!(settle(&status).await, loads + 1, "one reload for one write");
     let s = status.borrow().clone();
     assert_eq!(s.changes, 5, "the first load and four edits: {s:?}");
     drop(watcher);

@@ -647,12 +647,19 @@ fn peer_authentication_conflicts_oldest_wins_and_root_selectors_are_ignored() {
         "{AMBIENT_NS}{}{}{}{}",
         dated("newer", "2026-02-01T00:00:00Z", "PERMISSIVE"),
         dated("older", "2025-01-01T00:00:00Z", "STRICT"),
-        pa("root-selector", "istio-system", "  selector: {matchLabels: {app: web}}\n  mtls: {mode: DISABLE}"),
+        pa(
+            "root-selector",
+            "istio-system",
+            "  selector: {matchLabels: {app: web}}\n  mtls: {mode: DISABLE}"
+        ),
         pod("web", "app: web", "10.0.0.1")
     );
     let t = run(&yaml);
     let w = workload(&t, "demo", "web").expect("web");
-    assert_eq!(w.authorization_policies, vec!["demo/converted_peer_authentication_older"]);
+    assert_eq!(
+        w.authorization_policies,
+        vec!["demo/converted_peer_authentication_older"]
+    );
 }
 
 #[test]
@@ -680,12 +687,28 @@ spec:
 "
     );
     let t = run(&yaml);
-    assert_eq!(workload(&t, "demo", "legacy-sa").expect("legacy").service_account, "old-style");
-    assert_eq!(workload(&t, "demo", "no-sa").expect("no-sa").service_account, "default");
+    assert_eq!(
+        workload(&t, "demo", "legacy-sa")
+            .expect("legacy")
+            .service_account,
+        "old-style"
+    );
+    assert_eq!(
+        workload(&t, "demo", "no-sa")
+            .expect("no-sa")
+            .service_account,
+        "default"
+    );
     let s = service(&t, "demo/dual.demo.svc.cluster.local");
-    assert_eq!(s.ip_families, zmesh_proto::workload::IpFamilies::Dual as i32);
+    assert_eq!(
+        s.ip_families,
+        zmesh_proto::workload::IpFamilies::Dual as i32
+    );
     assert_eq!(s.addresses.len(), 2);
-    assert_eq!(s.ports[0].app_protocol, zmesh_proto::workload::AppProtocol::Http2 as i32);
+    assert_eq!(
+        s.ports[0].app_protocol,
+        zmesh_proto::workload::AppProtocol::Http2 as i32
+    );
 }
 
 #[test]
