@@ -386,3 +386,21 @@ fn a_missing_directory_keeps_what_was_loaded() {
     assert_eq!(only(&load.diagnostics).kind, DiagnosticKind::Unreadable);
     assert_eq!(load.store.len(), 1);
 }
+
+#[test]
+fn a_kubectl_list_yields_its_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = "apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: ServiceAccount, metadata: {name: one, namespace: demo}}
+- {apiVersion: v1, kind: Pod, metadata: {name: bad, namespace: demo}, spec: {hostNetwork: maybe}}
+- {apiVersion: v1, kind: ServiceAccount, metadata: {name: two, namespace: demo}}
+";
+    write(dir.path(), "dump.yaml", list);
+    let load = DirSource::new(dir.path()).load();
+    assert_eq!(load.store.len(), 2);
+    let d = only(&load.diagnostics);
+    assert_eq!(d.object, Some(key(Kind::Pod, "demo", "bad")));
+    assert!(d.reason.starts_with("items[1]"), "{d}");
+}

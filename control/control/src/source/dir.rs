@@ -46,7 +46,8 @@ struct CachedDoc {
     first_line: usize,
     /// Where the document is in the file's text.
     range: std::ops::Range<usize>,
-    parsed: Parsed,
+    /// One result per object (a `List` document holds several).
+    parsed: Vec<Parsed>,
 }
 
 /// What a load collects before deciding what stays.
@@ -166,46 +167,50 @@ impl DirSource {
 impl Pass {
     fn add_file(&mut self, file: &Path, cached: &CachedFile) {
         for doc in &cached.docs {
-            let diag = |object, kind, line: &Option<usize>, reason: &str| Diagnostic {
-                file: file.to_owned(),
-                document: Some(doc.index),
-                line: Some(doc.first_line + line.unwrap_or(1) - 1),
-                object,
-                kind,
-                reason: reason.to_owned(),
-            };
-            match &doc.parsed {
-                Parsed::Object(o) => {
-                    let key = o.key();
-                    if let Some(prev) = self.origins.insert(key.clone(), file.to_owned()) {
-                        let reason = format!("also defined in {}; this one wins", prev.display());
-                        let d = diag(Some(key), DiagnosticKind::Duplicate, &None, &reason);
-                        self.diagnostics.push(d);
-                    }
-                    self.store.insert(o.clone());
+            for parsed in &doc.parsed {
+                self.add(file, doc, parsed);
+            }
+        }
+    }
+
+    fn add(&mut self, file: &Path, doc: &CachedDoc, parsed: &Parsed) {
+        let diag = |object, kind, line: &Option<usize>, reason: &str| Diagnostic {
+            file: file.to_owned(),
+            document: Some(doc.index),
+            line: Some(doc.first_line + line.unwrap_or(1) - 1),
+            object,
+            kind,
+            reason: reason.to_owned(),
+        };
+        match parsed {
+            Parsed::Object(o) => {
+                let key = o.key();
+                if let Some(prev) = self.origins.insert(key.clone(), file.to_owned()) {
+                    let reason = format!("also defined in {}; this one wins", prev.display());
+                    let d = diag(Some(key), DiagnosticKind::Duplicate, &None, &reason);
+                    self.diagnostics.push(d);
                 }
-                Parsed::Rejected { key, reason, line } => {
-                    let kind = DiagnosticKind::Rejected {
-                        kept_previous: false,
-                    };
-                    self.rejected
-                        .push(diag(Some(key.clone()), kind, line, reason));
-                }
-                Parsed::Broken { reason, line } => {
-                    self.diagnostics
-                        .push(diag(None, DiagnosticKind::Broken, line, reason));
-                    self.damaged.insert(file.to_owned());
-                }
-                Parsed::Unknown { type_name } => {
-                    match self.unknown.iter_mut().find(|u| &u.0 == type_name) {
-                        Some(u) => u.4 += 1,
-                        None => self.unknown.push((
-                            type_name.clone(),
-                            file.to_owned(),
-                            doc.index,
-                            doc.first_line,
-                            1,
-                        )),
+                self.store.insert(o.clone());
+            }
+            Parsed::Rejected { key, reason, line } => {
+                let kind = DiagnosticKind::Rejected {
+                    kept_previous: false,
+                };
+                self.rejected
+                    .push(diag(Some(key.clone()), kind, line, reason));
+            }
+            Parsed::Broken { reason, line } => {
+                let d = diag(None, DiagnosticKind::Broken, line, reason);
+                self.diagnostics.push(d);
+                self.damaged.insert(file.to_owned());
+            }
+            Parsed::Unknown { type_name } => {
+                match self.unknown.iter_mut().find(|u| &u.0 == type_name) {
+                    Some(u) => u.4 += 1,
+                    None => {
+                        let first = (file.to_owned(), doc.index, doc.first_line);
+                        self.unknown
+                            .push((type_name.clone(), first.0, first.1, first.2, 1));
                     }
                 }
             }
@@ -213,10 +218,8 @@ impl Pass {
     }
 }
 
-/// Parses a file's documents; a document whose text is unchanged since `old` keeps its parse,
-/// so editing one object in a file of a thousand parses one.
 fn parse_file(text: String, old: Option<&CachedFile>) -> CachedFile {
-    let previous: HashMap<&str, &Parsed> = old
+    let previous: HashMap<&str, &Vec<Parsed>> = old
         .into_iter()
         .flat_map(|f| {
             f.docs

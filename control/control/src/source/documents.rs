@@ -86,23 +86,56 @@ pub(crate) enum Parsed {
 
 /// Parses one document: once into a generic value (header and object come from the same
 /// parse), then into the object of its kind. Only when that fails is the text parsed again as
-/// the typed object, for an error that names the line.
-pub(crate) fn parse(doc: &RawDoc<'_>) -> Parsed {
+/// the typed object, for an error that names the line. A `v1 List` (what `kubectl get -o yaml`
+/// prints) yields one result per item.
+pub(crate) fn parse(doc: &RawDoc<'_>) -> Vec<Parsed> {
     let value: serde_json::Value = match serde_saphyr::from_str(doc.text) {
         Ok(v) => v,
         Err(e) => {
             let (reason, line) = describe(&e);
-            return Parsed::Broken { reason, line };
+            return vec![Parsed::Broken { reason, line }];
         }
     };
+    let is_list = value.get("apiVersion").and_then(|v| v.as_str()) == Some("v1")
+        && value.get("kind").and_then(|v| v.as_str()) == Some("List");
+    match value {
+        serde_json::Value::Object(mut map) if is_list => {
+            let items = match map.remove("items") {
+                Some(serde_json::Value::Array(items)) => items,
+                _ => Vec::new(),
+            };
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| match parse_value(item, None) {
+                    Parsed::Broken { reason, line } => Parsed::Broken {
+                        reason: format!("items[{i}]: {reason}"),
+                        line,
+                    },
+                    Parsed::Rejected { key, reason, line } => Parsed::Rejected {
+                        key,
+                        reason: format!("items[{i}]: {reason}"),
+                        line,
+                    },
+                    other => other,
+                })
+                .collect()
+        }
+        value => vec![parse_value(value, Some(doc.text))],
+    }
+}
+
+/// One object from its generic value; `text` (the document's YAML) locates typed errors.
+fn parse_value(value: serde_json::Value, text: Option<&str>) -> Parsed {
     let Some(map) = value.as_object() else {
         return Parsed::Broken {
             reason: "not a mapping with apiVersion, kind and metadata".to_owned(),
             line: Some(1),
         };
     };
-    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).unwrap_or("").to_owned();
-    let (api_version, kind_name) = (text(map.get("apiVersion")), text(map.get("kind")));
+    let text_of =
+        |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let (api_version, kind_name) = (text_of(map.get("apiVersion")), text_of(map.get("kind")));
     if api_version.is_empty() || kind_name.is_empty() {
         return Parsed::Broken {
             reason: "apiVersion and kind are required".to_owned(),
@@ -115,14 +148,14 @@ pub(crate) fn parse(doc: &RawDoc<'_>) -> Parsed {
         };
     };
     let meta = map.get("metadata");
-    let name = text(meta.and_then(|m| m.get("name")));
+    let name = text_of(meta.and_then(|m| m.get("name")));
     if name.is_empty() {
         return Parsed::Broken {
             reason: format!("{kind}: metadata.name is required"),
             line: Some(1),
         };
     }
-    let mut namespace = text(meta.and_then(|m| m.get("namespace")));
+    let mut namespace = text_of(meta.and_then(|m| m.get("namespace")));
     if !kind.is_namespaced() {
         namespace.clear();
     } else if namespace.is_empty() {
@@ -132,9 +165,10 @@ pub(crate) fn parse(doc: &RawDoc<'_>) -> Parsed {
     let mut object = match Object::from_value(kind, value) {
         Ok(o) => o,
         Err(json_error) => {
-            let (reason, line) = match Object::from_yaml(kind, doc.text) {
-                Err(e) => describe(&e),
-                Ok(_) => (json_error.to_string(), Some(1)),
+            let located = text.map(|t| Object::from_yaml(kind, t));
+            let (reason, line) = match located {
+                Some(Err(e)) => describe(&e),
+                _ => (json_error.to_string(), Some(1)),
             };
             return Parsed::Rejected { key, reason, line };
         }
