@@ -6,8 +6,12 @@
 
 pub mod auth;
 pub mod ca;
+pub mod objects;
 pub mod resources;
 pub mod server;
+pub mod source;
+pub mod store;
+pub mod translate;
 pub mod xds;
 
 pub use resources::Resources;
