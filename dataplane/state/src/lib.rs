@@ -8,12 +8,14 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod duration;
 pub mod identity;
 pub mod local_config;
 pub mod model;
 pub mod rbac;
 pub mod snapshot;
 
+pub use duration::parse_duration;
 pub use identity::{Identity, IdentityError};
 pub use local_config::{ConfigError, load_local_config, parse_local_config};
 pub use model::{
