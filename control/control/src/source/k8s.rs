@@ -126,13 +126,12 @@ impl KubeState {
                 self.listing.entry(kind).or_default().push(entry);
             }
             Event::InitDone => self.finish_listing(kind),
-            Event::Apply(obj) => match self.convert(kind, obj, &mut diagnostics) {
-                Some(Ok(o)) => {
+            Event::Apply(obj) => {
+                // A rejected object changes nothing: the version in the store (if any) stays.
+                if let Some(Ok(o)) = self.convert(kind, obj, &mut diagnostics) {
                     self.store.insert(Arc::new(o));
                 }
-                // Rejected: the version in the store (if any) stays.
-                Some(Err(_)) | None => {}
-            },
+            }
             Event::Delete(obj) => {
                 let meta = &obj.metadata;
                 let namespace = if kind.is_namespaced() {
