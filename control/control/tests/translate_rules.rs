@@ -721,3 +721,18 @@ fn translation_is_deterministic() {
     );
     assert_eq!(run(&yaml), run(&yaml));
 }
+
+#[test]
+fn peer_authentication_with_an_empty_selector_is_namespace_wide() {
+    let yaml = format!(
+        "{AMBIENT_NS}{}{}",
+        pa("all", "demo", "  selector: {}\n  mtls: {mode: STRICT}"),
+        pod("web", "app: web", "10.0.0.1")
+    );
+    let t = run(&yaml);
+    let w = workload(&t, "demo", "web").expect("web");
+    assert_eq!(
+        w.authorization_policies,
+        vec!["demo/converted_peer_authentication_all"]
+    );
+}
