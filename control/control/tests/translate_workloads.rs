@@ -304,3 +304,40 @@ fn translation_is_deterministic() {
     );
     assert_eq!(run(&yaml), run(&yaml));
 }
+
+#[test]
+fn non_mesh_pods_are_served_without_tunnel_when_asked() {
+    let yaml = "---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: outside, namespace: plain}
+status: {podIP: 10.0.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: on-host, namespace: plain}
+spec: {hostNetwork: true}
+status: {podIP: 10.0.1.2}
+";
+    let load = zmesh_control::source::load_str(std::path::Path::new("t.yaml"), yaml);
+    let opts = zmesh_control::translate::MeshOptions {
+        serve_non_mesh_pods: true,
+        ..Default::default()
+    };
+    let t = zmesh_control::translate::translate(&load.store, &opts);
+    let w = workload(&t, "plain", "outside").expect("served");
+    assert_eq!(
+        w.tunnel_protocol,
+        zmesh_proto::workload::TunnelProtocol::None as i32
+    );
+    assert!(w.authorization_policies.is_empty());
+    assert!(workload(&t, "plain", "on-host").is_none());
+    assert!(
+        workload(&run(yaml), "plain", "outside").is_none(),
+        "off by default"
+    );
+}
