@@ -143,26 +143,37 @@ fn node_token(data_dir: &std::path::Path, node: &str) -> anyhow::Result<()> {
 }
 
 fn serve(args: Args) -> anyhow::Result<()> {
-    let Some(config_dir) = args.config_dir.clone() else {
-        anyhow::bail!("--config-dir is required");
-    };
-    if !config_dir.is_dir() {
-        anyhow::bail!("--config-dir {}: not a directory", config_dir.display());
-    }
     let mesh = MeshOptions {
         trust_domain: args.trust_domain.clone(),
         root_namespace: args.root_namespace.clone(),
         cluster_id: args.cluster_id.clone(),
         network: args.network.clone(),
         cluster_domain: args.cluster_domain.clone(),
+        serve_non_mesh_pods: args.serve_non_mesh_pods,
     };
     let (resources_tx, resources) = tokio::sync::watch::channel(Arc::new(Resources::default()));
-    // The first load happens inside `start`: the server never serves an empty mesh by mistake.
-    let watcher = DirWatcher::start(&config_dir, mesh, DEFAULT_DEBOUNCE, resources_tx)
-        .with_context(|| format!("watching {}", config_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // Either source publishes a complete first version before the server starts, so node
+    // proxies never take an empty mesh for the real one.
+    let watcher = match &args.config_dir {
+        Some(dir) => {
+            if !dir.is_dir() {
+                anyhow::bail!("--config-dir {}: not a directory", dir.display());
+            }
+            let w = DirWatcher::start(dir, mesh, DEFAULT_DEBOUNCE, resources_tx)
+                .with_context(|| format!("watching {}", dir.display()))?;
+            Some(w)
+        }
+        None => {
+            start_kube_source(&rt, mesh, resources_tx, resources.clone())?;
+            None
+        }
+    };
     let loaded = resources.borrow().clone();
     tracing::info!(
-        dir = %config_dir.display(),
         addresses = loaded.addresses.len(),
         authorizations = loaded.authorizations.len(),
         "config loaded"
@@ -175,10 +186,6 @@ fn serve(args: Args) -> anyhow::Result<()> {
         extra_ips: args.server_ips.clone(),
         ..ServeOptions::new(args.listen, &args.data.data_dir)
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     rt.block_on(async move {
         let server = Server::bind(opts).await?;
         tracing::info!(
@@ -199,4 +206,42 @@ fn serve(args: Args) -> anyhow::Result<()> {
     })?;
     drop(watcher);
     Ok(())
+}
+
+/// Starts the Kubernetes API source and waits for its first complete publish.
+#[cfg(feature = "kube")]
+fn start_kube_source(
+    rt: &tokio::runtime::Runtime,
+    mesh: MeshOptions,
+    tx: tokio::sync::watch::Sender<Arc<Resources>>,
+    mut rx: tokio::sync::watch::Receiver<Arc<Resources>>,
+) -> anyhow::Result<()> {
+    rt.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API")?;
+        tokio::spawn(async move {
+            if let Err(e) =
+                zmesh_control::source::k8s::run(client, mesh, DEFAULT_DEBOUNCE, tx).await
+            {
+                tracing::error!(error = %e, "Kubernetes source stopped");
+            }
+        });
+        rx.changed()
+            .await
+            .context("the Kubernetes source ended before its first list")?;
+        anyhow::Ok(())
+    })
+}
+
+#[cfg(not(feature = "kube"))]
+fn start_kube_source(
+    _: &tokio::runtime::Runtime,
+    _: MeshOptions,
+    _: tokio::sync::watch::Sender<Arc<Resources>>,
+    _: tokio::sync::watch::Receiver<Arc<Resources>>,
+) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "--kube: this zmesh-control was built without the `kube` feature (cargo build --features kube)"
+    )
 }

@@ -126,7 +126,7 @@ pub(crate) fn parse(doc: &RawDoc<'_>) -> Vec<Parsed> {
 }
 
 /// One object from its generic value; `text` (the document's YAML) locates typed errors.
-fn parse_value(value: serde_json::Value, text: Option<&str>) -> Parsed {
+pub(crate) fn parse_value(value: serde_json::Value, text: Option<&str>) -> Parsed {
     let Some(map) = value.as_object() else {
         return Parsed::Broken {
             reason: "not a mapping with apiVersion, kind and metadata".to_owned(),

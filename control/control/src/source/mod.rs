@@ -4,6 +4,8 @@
 
 mod dir;
 mod documents;
+#[cfg(feature = "kube")]
+pub mod k8s;
 mod watch;
 
 use std::fmt;

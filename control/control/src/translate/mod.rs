@@ -34,6 +34,9 @@ pub struct MeshOptions {
     pub network: String,
     /// Service hostnames are `<name>.<namespace>.svc.<cluster_domain>`.
     pub cluster_domain: String,
+    /// Also serve pods outside the mesh (tunnel protocol NONE, no policies), as istiod does.
+    /// Off by default: only enrolled pods are workloads.
+    pub serve_non_mesh_pods: bool,
 }
 
 impl Default for MeshOptions {
@@ -44,6 +47,7 @@ impl Default for MeshOptions {
             cluster_id: "Kubernetes".to_owned(),
             network: String::new(),
             cluster_domain: "cluster.local".to_owned(),
+            serve_non_mesh_pods: false,
         }
     }
 }

@@ -46,7 +46,13 @@ impl<'a> PeerAuthn<'a> {
         for pa in all {
             let ns = pa.metadata.namespace.as_str();
             let root = ns == opts.root_namespace;
-            match (&pa.spec.selector, root) {
+            // An empty selector selects nothing in particular: namespace-wide, as in Istio.
+            let selector = pa
+                .spec
+                .selector
+                .as_ref()
+                .filter(|s| !s.match_labels.is_empty());
+            match (selector, root) {
                 (None, true) => {
                     index.mesh.get_or_insert(pa);
                 }

@@ -1,6 +1,8 @@
 //! Pods → `istio.workload.Workload`, for pods enrolled in ambient mode: their namespace (or the
 //! pod itself) is labelled `istio.io/dataplane-mode=ambient` and the pod does not opt out with
-//! `istio.io/dataplane-mode=none`.
+//! `istio.io/dataplane-mode=none`. With [`MeshOptions::serve_non_mesh_pods`] the other pods are
+//! served too, with tunnel protocol NONE, as istiod does: so a mesh client reaching a Service
+//! whose pods are outside the mesh finds its endpoints.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -43,19 +45,24 @@ impl Context<'_> {
                         .is_some_and(|m| m == "ambient")
                 })
             });
-            if !enrolled(pod, ns_ambient) {
+            let mesh = enrolled(pod, ns_ambient);
+            let eligible = !pod.spec.host_network && !pod.is_terminal();
+            if !eligible || !(mesh || self.opts.serve_non_mesh_pods) {
                 continue;
             }
-            if let Some(w) = self.workload(pod, &mut converted, warnings) {
+            if let Some(w) = self.workload(pod, mesh, &mut converted, warnings) {
                 workloads.push(w);
             }
         }
         (workloads, converted.into_values().collect())
     }
 
+    /// A pod's workload; `mesh` tells whether the node proxy captures it (HBONE, policies) or
+    /// it is only an endpoint reached in plain TCP.
     fn workload(
         &self,
         pod: &Pod,
+        mesh: bool,
         converted: &mut BTreeMap<String, Authorization>,
         warnings: &mut Vec<Warning>,
     ) -> Option<Workload> {
@@ -75,10 +82,13 @@ impl Context<'_> {
             return None; // not running yet: nothing to reach
         }
         let (workload_name, workload_type) = self.workload_name_and_type(pod);
-        let mut authorization_policies = self.policies.selecting(&meta.namespace, &meta.labels);
-        if let Some(e) = self.peer.effective(&meta.namespace, &meta.labels) {
-            authorization_policies.push(e.key.clone());
-            converted.entry(e.key).or_insert(e.policy);
+        let mut authorization_policies = Vec::new();
+        if mesh {
+            authorization_policies = self.policies.selecting(&meta.namespace, &meta.labels);
+            if let Some(e) = self.peer.effective(&meta.namespace, &meta.labels) {
+                authorization_policies.push(e.key.clone());
+                converted.entry(e.key).or_insert(e.policy);
+            }
         }
         let labels = &meta.labels;
         let canonical_name = first_label(
@@ -110,7 +120,11 @@ impl Context<'_> {
             namespace: meta.namespace.clone(),
             addresses,
             network: self.opts.network.clone(),
-            tunnel_protocol: TunnelProtocol::Hbone as i32,
+            tunnel_protocol: if mesh {
+                TunnelProtocol::Hbone
+            } else {
+                TunnelProtocol::None
+            } as i32,
             trust_domain: self.opts.trust_domain.clone(),
             service_account: pod.service_account().to_owned(),
             node: pod.spec.node_name.clone(),
@@ -198,16 +212,15 @@ impl Context<'_> {
     }
 }
 
-/// Whether the node proxy captures the pod: enrolled by namespace or pod label, not opted out,
-/// running with an IP on the pod network (host-network pods share the node's address).
+/// Whether the node proxy captures the pod: enrolled by namespace or pod label, not opted out.
+/// (Host-network pods share the node's address and finished pods may have lost theirs: neither
+/// is ever a workload.)
 fn enrolled(pod: &Pod, namespace_ambient: bool) -> bool {
-    let label = pod.metadata.labels.get(DATAPLANE_MODE).map(String::as_str);
-    let wanted = match label {
+    match pod.metadata.labels.get(DATAPLANE_MODE).map(String::as_str) {
         Some("none") => false,
         Some("ambient") => true,
         _ => namespace_ambient,
-    };
-    wanted && !pod.spec.host_network && !pod.is_terminal()
+    }
 }
 
 fn first_label<'a>(labels: &'a BTreeMap<String, String>, keys: &[&str]) -> Option<&'a str> {
