@@ -28,8 +28,24 @@ struct Args {
 
     /// Directory of Kubernetes YAML (multi-document files, searched recursively), watched for
     /// changes. A broken document is reported and skipped; the rest applies.
-    #[arg(long, env = "ZMESH_CONFIG_DIR", value_name = "DIR", required = true)]
+    #[arg(
+        long,
+        env = "ZMESH_CONFIG_DIR",
+        value_name = "DIR",
+        required_unless_present = "kube",
+        conflicts_with = "kube"
+    )]
     config_dir: Option<PathBuf>,
+
+    /// Read config from the Kubernetes API (kube-rs watchers; in-cluster or kubeconfig
+    /// credentials) instead of a directory. Needs a build with `--features kube`.
+    #[arg(long)]
+    kube: bool,
+
+    /// Also serve pods outside the mesh (tunnel protocol NONE), as istiod does, so mesh clients
+    /// can reach services whose pods are not enrolled.
+    #[arg(long)]
+    serve_non_mesh_pods: bool,
 
     #[command(flatten)]
     data: DataDir,
