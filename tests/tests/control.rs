@@ -483,3 +483,110 @@ fn strict_peer_authentication_rejects_plaintext() {
         assert_eq!(r.status, 200, "mTLS from the client still served: {r:?}");
     });
 }
+
+/// One file with a good object, a broken document, two objects of a kind the controller does
+/// not read, and an AuthorizationPolicy with an unknown action.
+const MIXED: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: extra, namespace: demo}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: demo
+  data: [unclosed
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: one, namespace: demo}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: two, namespace: demo}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-everyone, namespace: demo}
+spec:
+  action: MAYBE
+  rules: [{}]
+"#;
+
+/// The allow-client policy with its principal written as a URI, which Istio rejects.
+const ALLOW_CLIENT_BROKEN: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: server-allow-client, namespace: demo}
+spec:
+  selector:
+    matchLabels: {app: server}
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["spiffe://cluster.local/ns/demo/sa/client"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_is_reported_and_the_rest_still_applies() {
+    let mesh = ControlledMesh::start(
+        84,
+        &[("sample.yaml", SAMPLE), ("mixed.yaml", MIXED)],
+        &["node-a", "node-b"],
+        &NodeOpts::new(Driver::Epoll),
+    );
+    let s = sample(&mesh);
+    let (_a, _) = http_server(s.servers[0], "server-a").await;
+    let (_b, _) = http_server(s.servers[1], "server-b").await;
+    // The invalid DENY-everything policy was not applied: everyone is served.
+    assert!(served_everywhere(&mesh, &s, s.client).await);
+    assert!(served_everywhere(&mesh, &s, s.intruder).await);
+
+    let log = mesh.control.log_text();
+    let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    let broken: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("mixed.yaml") && l.contains("document=1"))
+        .collect();
+    assert_eq!(
+        broken.len(),
+        1,
+        "the broken document is reported once, by file and index:\n{log}"
+    );
+    assert!(
+        lines("ConfigMap") >= 1 && lines("UnknownKind") == 1,
+        "one warning for the unknown kind:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("deny-everyone") && l.contains("MAYBE")),
+        "the invalid policy is rejected with its reason:\n{log}"
+    );
+
+    // A valid policy, then an invalid edit of it: the valid version stays in force.
+    mesh.apply("policy.yaml", ALLOW_CLIENT);
+    time_until(Duration::from_secs(10), "policy applied", || {
+        refused_everywhere(&mesh, &s, s.intruder)
+    })
+    .await;
+    mesh.apply("policy.yaml", ALLOW_CLIENT_BROKEN);
+    time_until(
+        Duration::from_secs(10),
+        "the invalid edit is reported",
+        || async {
+            mesh.control
+                .log_text()
+                .contains("spiffe://cluster.local/ns/demo/sa/client")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        refused_everywhere(&mesh, &s, s.intruder).await,
+        "the last valid policy still holds"
+    );
+    assert!(
+        served_everywhere(&mesh, &s, s.client).await,
+        "and still allows the client"
+    );
+}

@@ -204,11 +204,6 @@ fn serve(args: Args) -> anyhow::Result<()> {
     };
     rt.block_on(async move {
         let server = Server::bind(opts).await?;
-        tracing::info!(
-            listen = %server.local_addr()?,
-            root = %server.root_cert_path().display(),
-            "serving delta ADS and the CA"
-        );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let shutdown = async move {
             tokio::select! {
