@@ -19,6 +19,7 @@ use zmesh_rt::{TcpListener, TcpStream};
 use zmesh_state::{Connection, Decision, Identity, Workload};
 
 use crate::metrics::{Rejection, TrafficCounters, TrafficLabels};
+use crate::podns::{Pod, PodRef};
 use crate::relay::{self, Accounting};
 use crate::shard::{ConnGuard, ShardRef};
 use crate::state::NodeState;
@@ -46,13 +47,14 @@ pub async fn accept(
     Some((stream, peer, guard))
 }
 
-/// Serves HBONE on one local workload address.
-pub async fn serve_hbone(shard: ShardRef, listener: TcpListener) {
+/// Serves HBONE on one local workload address (or in an enrolled pod's netns: `pod`).
+pub async fn serve_hbone(shard: ShardRef, listener: TcpListener, pod: Option<PodRef>) {
     loop {
         let Some((stream, peer, guard)) = accept(&shard, &listener).await else {
             continue;
         };
-        zmesh_rt::spawn(hbone_connection(shard.clone(), stream, peer, guard)).detach();
+        let conn = hbone_connection(shard.clone(), stream, peer, guard, pod.clone());
+        zmesh_rt::spawn(conn).detach();
     }
 }
 
@@ -61,6 +63,8 @@ struct PeerConn {
     peer: SocketAddr,
     local: SocketAddr,
     identity: Option<Identity>,
+    /// The pod whose listener accepted the connection: the app is dialed from its netns.
+    pod: Option<PodRef>,
 }
 
 async fn hbone_connection(
@@ -68,6 +72,7 @@ async fn hbone_connection(
     stream: TcpStream,
     peer: SocketAddr,
     mut guard: ConnGuard,
+    pod: Option<PodRef>,
 ) {
     let Ok(local) = stream.local_addr() else {
         return;
@@ -129,6 +134,7 @@ async fn hbone_connection(
         peer,
         local,
         identity,
+        pod,
     });
     Box::pin(serve_streams(shard, pc, conn)).await;
     // The connection's slots and table entry are held until it has fully closed.
@@ -233,7 +239,7 @@ async fn connect_stream(
         Err(r) => Err(r),
     };
     let upstream = match checked {
-        Ok((w, target)) => connect_app(&shard, pc.peer, target)
+        Ok((w, target)) => connect_app(&shard, pc.peer, target, pc.pod.as_deref())
             .await
             .map(|s| (w, target, s)),
         Err(r) => Err(r),
@@ -421,6 +427,7 @@ async fn connect_app(
     shard: &ShardRef,
     client: SocketAddr,
     target: SocketAddr,
+    pod: Option<&Pod>,
 ) -> Result<TcpStream, Refusal> {
     let fail = |e: std::io::Error| {
         refuse(
@@ -431,7 +438,7 @@ async fn connect_app(
         )
     };
     let src = shard.settings.upstream.transparent.then_some(client.ip());
-    let sock = sockets::upstream(target, src, shard.settings.upstream).map_err(fail)?;
+    let sock = sockets::upstream_in(pod, target, src, shard.settings.upstream).map_err(fail)?;
     match zmesh_rt::timeout(
         shard.settings.connect_timeout,
         TcpStream::connect(sock, target),
@@ -446,12 +453,16 @@ async fn connect_app(
 
 /// Serves plaintext from outside the mesh on one local workload address (15006): no peer
 /// identity, so STRICT PeerAuthentication (a converted DENY policy) refuses it.
-pub async fn serve_plaintext(shard: ShardRef, listener: TcpListener) {
+///
+/// In an enrolled pod (`pod`), eBPF capture keeps the original destination port, so what
+/// makes a connection inbound plaintext is the listener that accepted it, not the port.
+pub async fn serve_plaintext(shard: ShardRef, listener: TcpListener, pod: Option<PodRef>) {
     loop {
         let Some((stream, peer, guard)) = accept(&shard, &listener).await else {
             continue;
         };
-        zmesh_rt::spawn(plaintext_connection(shard.clone(), stream, peer, guard)).detach();
+        let conn = plaintext_connection(shard.clone(), stream, peer, guard, pod.clone());
+        zmesh_rt::spawn(conn).detach();
     }
 }
 
@@ -460,6 +471,7 @@ async fn plaintext_connection(
     stream: TcpStream,
     peer: SocketAddr,
     guard: ConnGuard,
+    pod: Option<PodRef>,
 ) {
     let _guard = guard;
     let start = Instant::now();
@@ -491,7 +503,7 @@ async fn plaintext_connection(
         }
     };
     let upstream = match checked {
-        Ok(()) => connect_app(&shard, peer, target).await,
+        Ok(()) => connect_app(&shard, peer, target, pod.as_deref()).await,
         Err(r) => Err(r),
     };
     let upstream = match upstream {

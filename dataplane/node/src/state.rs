@@ -46,6 +46,13 @@ impl NodeState {
             .filter(|w| w.node == self.node_name)
     }
 
+    /// The local workload of an enrolled pod, matched by namespace and name (the node agent
+    /// knows the pod by its Kubernetes uid, which is not the workload's uid).
+    pub fn pod_workload(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
+        self.local_workloads()
+            .find(|w| w.namespace == namespace && w.name == name)
+    }
+
     pub fn cert(&self, id: &Identity) -> Option<&Arc<IdentityCert>> {
         self.certs.get(id)
     }
