@@ -437,7 +437,10 @@ async fn connect_app(
             format!("connect {target}: {e}"),
         )
     };
-    let src = shard.settings.upstream.transparent.then_some(client.ip());
+    // In a pod, the app's replies to a foreign source would be routed out of the pod, not
+    // back to us: the in-pod route that returns them (Istio's mark 0x539 → table 100) is not
+    // part of eBPF capture, so the app sees the pod's own address there.
+    let src = (shard.settings.upstream.transparent && pod.is_none()).then_some(client.ip());
     let sock = sockets::upstream_in(pod, target, src, shard.settings.upstream).map_err(fail)?;
     match zmesh_rt::timeout(
         shard.settings.connect_timeout,

@@ -9,8 +9,8 @@ use zmesh_rt::{Task, TcpListener};
 
 use crate::podns::PodRef;
 use crate::shard::{NetNs, PodSockets, ShardRef, WorkloadListeners};
-use crate::{inbound, outbound};
 use crate::sockets;
+use crate::{inbound, outbound};
 
 /// The plaintext inbound port.
 pub const PLAINTEXT_PORT: u16 = 15006;
@@ -84,11 +84,19 @@ impl Pods {
         } = sockets;
         for l in outbound.into_iter().filter_map(&mut register) {
             let p = Some(pod.clone());
-            tasks.push(zmesh_rt::spawn(outbound::serve_captured(shard.clone(), l, p)));
+            tasks.push(zmesh_rt::spawn(outbound::serve_captured(
+                shard.clone(),
+                l,
+                p,
+            )));
         }
         for l in plaintext.into_iter().filter_map(&mut register) {
             let p = Some(pod.clone());
-            tasks.push(zmesh_rt::spawn(inbound::serve_plaintext(shard.clone(), l, p)));
+            tasks.push(zmesh_rt::spawn(inbound::serve_plaintext(
+                shard.clone(),
+                l,
+                p,
+            )));
         }
         for l in hbone.into_iter().filter_map(&mut register) {
             let p = Some(pod.clone());

@@ -392,7 +392,11 @@ fn run(rt: Runtime, spec: ShardSpec) {
             }
         };
         for l in sockets.hbone.into_iter().filter_map(listen) {
-            tasks.push(zmesh_rt::spawn(inbound::serve_hbone(shard.clone(), l, None)));
+            tasks.push(zmesh_rt::spawn(inbound::serve_hbone(
+                shard.clone(),
+                l,
+                None,
+            )));
         }
         for l in sockets.plaintext.into_iter().filter_map(listen) {
             tasks.push(zmesh_rt::spawn(inbound::serve_plaintext(

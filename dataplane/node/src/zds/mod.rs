@@ -182,4 +182,3 @@ fn handle(
         None => Err("empty request".to_owned()),
     }
 }
-

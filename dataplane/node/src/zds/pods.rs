@@ -132,7 +132,10 @@ impl Pods {
         }
         let shards = self.shards.len();
         let (mut sockets, ips) = zmesh_ebpf::run_in_netns(pod.netns.as_fd(), || {
-            Ok::<_, PodError>((open_sockets(shards)?, pod_addresses().map_err(PodError::Netns)?))
+            Ok::<_, PodError>((
+                open_sockets(shards)?,
+                pod_addresses().map_err(PodError::Netns)?,
+            ))
         })??;
         let first = sockets.first().ok_or(PodError::Shard(0))?;
         let (inbound_v4, inbound_v6) = (
@@ -226,15 +229,15 @@ fn open_sockets(shards: usize) -> Result<Vec<PodSockets>, PodError> {
     let mut all = Vec::with_capacity(shards);
     for _ in 0..shards {
         let mut s = PodSockets::default();
+        // One socket per family (v6-only): a dual-stack socket would show IPv4 peers and
+        // local addresses as v4-mapped IPv6, which match no workload address.
         s.outbound.push(listen(v4(out), true)?);
         s.plaintext.push(listen(any4(inb), true)?);
+        s.hbone.push(listen(any4(hbone), true)?);
         if ipv6 {
             s.outbound.push(listen(lo6(out), true)?);
             s.plaintext.push(listen(any6(inb), true)?);
-            // Dual-stack: HBONE peers may come over either family.
-            s.hbone.push(listen(any6(hbone), false)?);
-        } else {
-            s.hbone.push(listen(any4(hbone), true)?);
+            s.hbone.push(listen(any6(hbone), true)?);
         }
         all.push(s);
     }

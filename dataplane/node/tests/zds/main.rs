@@ -1,0 +1,361 @@
+//! In-pod mode end to end (root only; fails, never skips, when not root): a ZDS node agent
+//! test double, pod and node network namespaces joined by veths, pod cgroups, the real
+//! `zmesh-node` binary in the node namespace, and this test binary re-executed as the pods'
+//! apps (`ZMESH_POD_APP=server|client`, started in the pod's netns and cgroup).
+//!
+//! `cargo test -p zmesh-node --test zds` (as root). The node's log is printed on failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod agent;
+mod topology;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use topology::{Cgroup, Pod, Proc, in_netns, netns_ino, node_netns, require_root, run};
+
+const APP_PORT: u16 = 8080;
+const NODE: &str = "node1";
+const MESH: &str = r#"
+workloads:
+- uid: cluster1//v1/Pod/demo/a
+  name: a
+  namespace: demo
+  serviceAccount: a
+  workloadIps: ["198.18.1.2"]
+  protocol: HBONE
+  node: node1
+- uid: cluster1//v1/Pod/demo/b
+  name: b
+  namespace: demo
+  serviceAccount: b
+  workloadIps: ["198.18.2.2"]
+  protocol: HBONE
+  node: node1
+- uid: cluster1//v1/Pod/demo/c
+  name: c
+  namespace: demo
+  serviceAccount: c
+  workloadIps: ["198.18.3.2"]
+  protocol: HBONE
+  node: node1
+"#;
+
+fn main() {
+    if let Ok(role) = std::env::var("ZMESH_POD_APP") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        match role.as_str() {
+            "server" => serve(&args[0]),
+            "client" => client(&args[0], args[1].parse().unwrap()),
+            other => panic!("unknown role {other}"),
+        }
+        return;
+    }
+    require_root();
+    in_pod_mode();
+    println!("test zds::in_pod_mode ... ok");
+}
+
+/// Echoes every connection until its EOF.
+fn serve(addr: &str) {
+    let l = TcpListener::bind(addr).expect("bind");
+    for s in l.incoming() {
+        let Ok(mut s) = s else { continue };
+        std::thread::spawn(move || {
+            let mut r = s.try_clone().unwrap();
+            let _ = std::io::copy(&mut r, &mut s);
+            let _ = s.shutdown(Shutdown::Write);
+        });
+    }
+}
+
+/// Sends `n` patterned bytes, reads the echo, checks it; prints the peer name.
+fn client(addr: &str, n: usize) {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let data: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
+    let mut w = s.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&sent).expect("write");
+        w.shutdown(Shutdown::Write).expect("shutdown");
+    });
+    let mut got = Vec::new();
+    (&s).read_to_end(&mut got).expect("read the echo");
+    writer.join().unwrap();
+    assert!(got == data, "echo differs: {} of {n} bytes back", got.len());
+    println!("ok {n}");
+}
+
+/// The node proxy process and what the test reads from it.
+struct NodeProxy {
+    proc: Proc,
+    netns: std::os::fd::OwnedFd,
+    log: PathBuf,
+}
+
+impl NodeProxy {
+    fn metrics(&self) -> String {
+        in_netns(self.netns.as_fd(), || {
+            let mut s = TcpStream::connect("127.0.0.1:15020")?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok::<_, std::io::Error>(out)
+        })
+        .unwrap_or_default()
+    }
+
+    fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        zmesh_tests::metric_sum(&self.metrics(), name, labels)
+    }
+
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.proc.pid()))
+            .unwrap()
+            .count()
+    }
+}
+
+impl Drop for NodeProxy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("---- zmesh-node log ----\n{log}");
+        }
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn app(pod: &Pod, role: &str, args: &[String]) -> Proc {
+    let exe = std::env::current_exe().unwrap();
+    Proc::spawn(
+        pod.netns.as_fd(),
+        &pod.cgroup.0,
+        &exe,
+        args,
+        &[("ZMESH_POD_APP", role.to_owned())],
+        None,
+    )
+}
+
+/// Runs the client app in `pod` against `to`; panics unless the echo came back intact.
+fn client_in(pod: &Pod, to: std::net::Ipv4Addr, bytes: usize) {
+    let args = [format!("{to}:{APP_PORT}"), bytes.to_string()];
+    let out = app(pod, "client", &args).finish(Duration::from_secs(20));
+    assert_eq!(out.trim(), format!("ok {bytes}"), "client in {}", pod.name);
+}
+
+/// Programs attached to a cgroup, and sk_lookup links on a netns.
+fn bpf_attached(pod: &Pod) -> (usize, usize) {
+    let cg = run(
+        "bpftool",
+        &["cgroup", "show", &pod.cgroup.0.display().to_string(), "-j"],
+    );
+    let progs = if cg.trim().is_empty() {
+        0
+    } else {
+        let v: serde_json::Value = serde_json::from_str(&cg).unwrap();
+        v.as_array().map_or(0, Vec::len)
+    };
+    let ino = netns_ino(pod.netns.as_fd());
+    let links: serde_json::Value =
+        serde_json::from_str(&run("bpftool", &["link", "show", "-j"])).unwrap_or_default();
+    let on_netns = links.as_array().map_or(0, |l| {
+        l.iter()
+            .filter(|l| l["netns_ino"].as_u64() == Some(ino))
+            .count()
+    });
+    (progs, on_netns)
+}
+
+fn in_pod_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_ns = node_netns();
+    let (a, b, c) = (
+        Pod::new(&node_ns, "a", 1),
+        Pod::new(&node_ns, "b", 2),
+        Pod::new(&node_ns, "c", 3),
+    );
+    let servers: Vec<Proc> = [&a, &b, &c]
+        .iter()
+        .map(|p| app(p, "server", &[format!("0.0.0.0:{APP_PORT}")]))
+        .collect();
+    let node_cg = Cgroup::new("node");
+    let host_cg = Cgroup::new("host");
+    let config = dir.path().join("mesh.yaml");
+    std::fs::write(&config, MESH).unwrap();
+    let zds_path = dir.path().join("zds.sock");
+    let agent = agent::Agent::bind(&zds_path);
+    let log = dir.path().join("node.log");
+    let args: Vec<String> = [
+        "--config",
+        &config.display().to_string(),
+        "--dev-ca",
+        &dir.path().join("ca").display().to_string(),
+        "--node-name",
+        NODE,
+        "--shards",
+        "2",
+        "--no-pin",
+        "--outbound-addr",
+        "off",
+        "--socks5-addr",
+        "off",
+        "--admin-addr",
+        "127.0.0.1:15000",
+        "--metrics-addr",
+        "127.0.0.1:15020",
+        "--readiness-addr",
+        "127.0.0.1:15021",
+        "--zds-socket",
+        &zds_path.display().to_string(),
+        "--log",
+        "info,access=debug,zmesh_node=debug",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let node = NodeProxy {
+        proc: Proc::spawn(
+            node_ns.as_fd(),
+            &node_cg.0,
+            Path::new(env!("CARGO_BIN_EXE_zmesh-node")),
+            &args,
+            &[],
+            Some(&log),
+        ),
+        netns: node_ns.try_clone().unwrap(),
+        log: log.clone(),
+    };
+    let session = agent.accept(Duration::from_secs(30));
+    wait_for("metrics", Duration::from_secs(10), || {
+        node.metrics().contains("istio_active_proxy_count")
+    });
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("traffic capture"),
+        "capture back end logged:\n{logged}"
+    );
+    // Not enrolled yet: nothing listens in the pods, nothing is attached.
+    assert_eq!(bpf_attached(&a), (0, 0));
+    let fds_before = node.fds();
+    let opened = |labels: &[&str]| node.metric("istio_tcp_connections_opened_total", labels);
+
+    // Enrolment: the ack means captured. Traffic right after it must go through the proxy.
+    assert_eq!(
+        session.add("pod-a-uid", "a", a.netns.as_fd(), &a.cgroup.0),
+        ""
+    );
+    assert_eq!(
+        session.add("pod-b-uid", "b", b.netns.as_fd(), &b.cgroup.0),
+        ""
+    );
+    let mtls_before = opened(&[
+        "reporter=\"destination\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ]);
+    client_in(&a, b.ip, 256 * 1024);
+    let mtls = opened(&[
+        "reporter=\"destination\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ]);
+    assert_eq!(
+        mtls - mtls_before,
+        1.0,
+        "a → b went over HBONE (mTLS) right after the ack"
+    );
+    assert_eq!(
+        opened(&[
+            "reporter=\"source\"",
+            "source_workload=\"a\"",
+            "destination_workload=\"b\""
+        ]),
+        1.0,
+        "the outbound side knew its pod: source workload a"
+    );
+    let (progs, sk_lookup) = bpf_attached(&a);
+    if logged.contains("backend=\"ebpf\"") || logged.contains("backend=ebpf") {
+        assert!(
+            progs > 0 && sk_lookup == 1,
+            "eBPF attached to pod a: {progs} {sk_lookup}"
+        );
+    }
+    assert_eq!(session.snapshot_sent(), "");
+    assert_eq!(node.metric("istio_active_proxy_count", &[]), 2.0);
+    assert_eq!(node.metric("istio_proxies_started_total", &[]), 2.0);
+
+    // Plaintext from the node to b's app port is captured to 15006.
+    let plain = [
+        "reporter=\"destination\"",
+        "connection_security_policy=\"unknown\"",
+        "destination_workload=\"b\"",
+    ];
+    let before = opened(&plain);
+    let out = Proc::spawn(
+        node_ns.as_fd(),
+        &host_cg.0,
+        &std::env::current_exe().unwrap(),
+        &[format!("{}:{APP_PORT}", b.ip), "1000".into()],
+        &[("ZMESH_POD_APP", "client".into())],
+        None,
+    )
+    .finish(Duration::from_secs(20));
+    assert_eq!(out.trim(), "ok 1000");
+    assert_eq!(
+        opened(&plain),
+        before + 1.0,
+        "node → b:8080 went through 15006"
+    );
+
+    // c is in the config but never enrolled: not captured, no proxy metric moves.
+    let total = opened(&[]);
+    let (progs_c, lookup_c) = bpf_attached(&c);
+    assert_eq!((progs_c, lookup_c), (0, 0), "c has no capture");
+    let mtls = opened(&["connection_security_policy=\"mutual_tls\""]);
+    client_in(&c, a.ip, 1000);
+    assert_eq!(
+        opened(&[]),
+        total + 1.0,
+        "c → a: only a's inbound capture saw it"
+    );
+    assert_eq!(
+        opened(&["connection_security_policy=\"mutual_tls\""]),
+        mtls,
+        "c's outbound was not captured into a tunnel"
+    );
+
+    // del releases capture and the listeners: traffic flows directly, nothing leaks.
+    assert_eq!(session.del("pod-a-uid"), "");
+    assert_eq!(session.del("pod-b-uid"), "");
+    assert_eq!(bpf_attached(&a), (0, 0), "no programs or links left for a");
+    assert_eq!(bpf_attached(&b), (0, 0), "no programs or links left for b");
+    let total = opened(&[]);
+    client_in(&a, b.ip, 64 * 1024);
+    assert_eq!(opened(&[]), total, "a → b after del: not proxied");
+    assert_eq!(node.metric("istio_active_proxy_count", &[]), 0.0);
+    assert_eq!(node.metric("istio_proxies_stopped_total", &[]), 2.0);
+    wait_for(
+        "the node's fds back to their count before enrolment",
+        Duration::from_secs(15),
+        || node.fds() <= fds_before,
+    );
+    assert!(
+        !session.del("pod-a-uid").is_empty(),
+        "del of an unknown pod is an error ack"
+    );
+    drop(servers);
+    drop(node);
+}
