@@ -66,8 +66,8 @@ pub fn in_pod<T>(pod: Option<&Pod>, f: impl FnOnce() -> io::Result<T>) -> io::Re
 mod tests {
     use super::*;
 
-    /// Cost of the there-and-back `setns` a shard pays per pod socket (into the same netns it
-    /// is in, which the kernel handles the same way). Run with `--nocapture` to see it.
+    /// Cost of the there-and-back `setns` a shard pays per pod socket, into a fresh netns
+    /// and back. Run with `--nocapture` to see it.
     #[test]
     fn setns_round_trip_cost() {
         init_host().unwrap();
@@ -76,7 +76,13 @@ mod tests {
             uid: "u".into(),
             name: "n".into(),
             namespace: "ns".into(),
-            netns: OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net").unwrap()),
+            netns: std::thread::spawn(|| {
+                rustix::thread::unshare(rustix::thread::UnshareFlags::NEWNET)
+                    .expect("unshare(CLONE_NEWNET) (run as root)");
+                OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net").unwrap())
+            })
+            .join()
+            .unwrap(),
         };
         let n = 2000;
         let start = std::time::Instant::now();

@@ -74,9 +74,9 @@ fn run(path: PathBuf, mut pods: Pods) {
 }
 
 /// One connection to the agent: hello, then requests until it closes.
-fn session(path: &PathBuf, pods: &mut Pods, backoff: &mut Backoff) -> Result<(), ZdsError> {
+fn session(path: &std::path::Path, pods: &mut Pods, backoff: &mut Backoff) -> Result<(), ZdsError> {
     let io = |source| ZdsError::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
     let sock = rustix::net::socket_with(
@@ -86,7 +86,7 @@ fn session(path: &PathBuf, pods: &mut Pods, backoff: &mut Backoff) -> Result<(),
         None,
     )
     .map_err(|e| io(e.into()))?;
-    let addr = SocketAddrUnix::new(path.as_path()).map_err(|e| io(e.into()))?;
+    let addr = SocketAddrUnix::new(path).map_err(|e| io(e.into()))?;
     rustix::net::connect(&sock, &addr).map_err(|e| io(e.into()))?;
     let hello = ZdsHello {
         version: zmesh_proto::zds::Version::V1 as i32,

@@ -337,9 +337,40 @@ fn in_pod_mode() {
         "c's outbound was not captured into a tunnel"
     );
 
+    // The agent goes away: pods stay captured while the proxy reconnects.
+    drop(session);
+    let session = agent.accept(Duration::from_secs(30));
+    let mtls_filter = [
+        "reporter=\"destination\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    let mtls = opened(&mtls_filter);
+    client_in(&a, b.ip, 1000);
+    assert_eq!(
+        opened(&mtls_filter),
+        mtls + 1.0,
+        "still captured while the agent was away"
+    );
+    // The new snapshot lists only a (re-sent with the same netns: kept as is); b is released.
+    assert_eq!(
+        session.add("pod-a-uid", "a", a.netns.as_fd(), &a.cgroup.0),
+        ""
+    );
+    assert_eq!(session.snapshot_sent(), "");
+    assert_eq!(node.metric("istio_active_proxy_count", &[]), 1.0);
+    assert_eq!(
+        node.metric("istio_proxies_started_total", &[]),
+        2.0,
+        "a was not re-enrolled"
+    );
+    assert_eq!(
+        bpf_attached(&b),
+        (0, 0),
+        "b, missing from the snapshot, was released"
+    );
+
     // del releases capture and the listeners: traffic flows directly, nothing leaks.
     assert_eq!(session.del("pod-a-uid"), "");
-    assert_eq!(session.del("pod-b-uid"), "");
     assert_eq!(bpf_attached(&a), (0, 0), "no programs or links left for a");
     assert_eq!(bpf_attached(&b), (0, 0), "no programs or links left for b");
     let total = opened(&[]);
