@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -78,7 +79,9 @@ async fn hbone_connection(
         return;
     };
     let state = shard.state.load_full();
-    let Some(workload) = state.local_workload(local.ip()).cloned() else {
+    // A pod's listener serves only that pod's workload (its netns holds no other).
+    let owned = |w: &&Arc<Workload>| pod.as_ref().is_none_or(|p| p.owns(w));
+    let Some(workload) = state.local_workload(local.ip()).filter(owned).cloned() else {
         shard.reject(Rejection::NoWorkload);
         return;
     };
@@ -492,7 +495,8 @@ async fn plaintext_connection(
             format!("{target} is a proxy port"),
         ))
     } else {
-        match state.local_workload(target.ip()).cloned() {
+        let owned = |w: &&Arc<Workload>| pod.as_ref().is_none_or(|p| p.owns(w));
+        match state.local_workload(target.ip()).filter(owned).cloned() {
             None => Err(refuse(
                 STATUS_UNAVAILABLE,
                 Rejection::NoWorkload,

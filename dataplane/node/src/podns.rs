@@ -25,6 +25,14 @@ pub struct Pod {
     pub netns: OwnedFd,
 }
 
+impl Pod {
+    /// Whether `w` is this pod's workload (matched by namespace and name, as ZDS names pods by
+    /// their Kubernetes uid, not the mesh's workload uid).
+    pub fn owns(&self, w: &zmesh_state::Workload) -> bool {
+        w.namespace == self.namespace && w.name == self.name
+    }
+}
+
 impl PartialEq for Pod {
     fn eq(&self, other: &Self) -> bool {
         self.id == other.id

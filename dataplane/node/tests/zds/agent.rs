@@ -2,7 +2,7 @@
 
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -107,16 +107,12 @@ impl Session {
     }
 
     pub fn add(&self, uid: &str, name: &str, netns: BorrowedFd<'_>, cgroup: &Path) -> String {
-        let add = AddWorkload {
-            uid: uid.into(),
-            workload_info: Some(WorkloadInfo {
-                name: name.into(),
-                namespace: "demo".into(),
-                service_account: name.into(),
-            }),
-            cgroup_path: cgroup.display().to_string(),
-        };
-        self.request(Payload::Add(add), Some(netns.as_fd()))
+        self.request(Payload::Add(add_request(uid, name, cgroup)), Some(netns))
+    }
+
+    /// An `add` that forgets the netns fd.
+    pub fn add_without_netns(&self, uid: &str, name: &str, cgroup: &Path) -> String {
+        self.request(Payload::Add(add_request(uid, name, cgroup)), None)
     }
 
     pub fn del(&self, uid: &str) -> String {
@@ -125,5 +121,17 @@ impl Session {
 
     pub fn snapshot_sent(&self) -> String {
         self.request(Payload::SnapshotSent(SnapshotSent {}), None)
+    }
+}
+
+fn add_request(uid: &str, name: &str, cgroup: &Path) -> AddWorkload {
+    AddWorkload {
+        uid: uid.into(),
+        workload_info: Some(WorkloadInfo {
+            name: name.into(),
+            namespace: "demo".into(),
+            service_account: name.into(),
+        }),
+        cgroup_path: cgroup.display().to_string(),
     }
 }

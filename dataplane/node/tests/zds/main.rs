@@ -184,10 +184,11 @@ fn bpf_attached(pod: &Pod) -> (usize, usize) {
 fn in_pod_mode() {
     let dir = tempfile::tempdir().unwrap();
     let node_ns = node_netns();
-    let (a, b, c) = (
+    let (a, b, c, d) = (
         Pod::new(&node_ns, "a", 1),
         Pod::new(&node_ns, "b", 2),
         Pod::new(&node_ns, "c", 3),
+        Pod::new(&node_ns, "d", 4),
     );
     let servers: Vec<Proc> = [&a, &b, &c]
         .iter()
@@ -320,6 +321,32 @@ fn in_pod_mode() {
         "node → b:8080 went through 15006"
     );
 
+    // d is enrolled but no workload of the mesh is d: captured, and refused (fail closed)
+    // until a workload with its namespace and name arrives.
+    let refused = |flag: &str| {
+        node.metric(
+            "istio_tcp_connections_failed_total",
+            &[&format!("response_flags=\"{flag}\"")],
+        )
+    };
+    let identity_errors = refused("IDENTITY_ERROR");
+    assert_eq!(
+        session.add("pod-d-uid", "d", d.netns.as_fd(), &d.cgroup.0),
+        ""
+    );
+    let args = [format!("{}:{APP_PORT}", b.ip), "1000".to_string()];
+    let (ok, out) = app(&d, "client", &args).finish_status(Duration::from_secs(20));
+    assert!(!ok, "d's connection must not get through: {out}");
+    assert_eq!(
+        refused("IDENTITY_ERROR"),
+        identity_errors + 1.0,
+        "d refused as unknown source"
+    );
+    assert_eq!(session.del("pod-d-uid"), "");
+    // A bad request is answered with an error, and the proxy goes on.
+    let err = session.add_without_netns("pod-e-uid", "e", &d.cgroup.0);
+    assert!(err.contains("network namespace"), "error ack: {err:?}");
+
     // c is in the config but never enrolled: not captured, no proxy metric moves.
     let total = opened(&[]);
     let (progs_c, lookup_c) = bpf_attached(&c);
@@ -360,7 +387,7 @@ fn in_pod_mode() {
     assert_eq!(node.metric("istio_active_proxy_count", &[]), 1.0);
     assert_eq!(
         node.metric("istio_proxies_started_total", &[]),
-        2.0,
+        3.0,
         "a was not re-enrolled"
     );
     assert_eq!(
@@ -377,7 +404,7 @@ fn in_pod_mode() {
     client_in(&a, b.ip, 64 * 1024);
     assert_eq!(opened(&[]), total, "a → b after del: not proxied");
     assert_eq!(node.metric("istio_active_proxy_count", &[]), 0.0);
-    assert_eq!(node.metric("istio_proxies_stopped_total", &[]), 2.0);
+    assert_eq!(node.metric("istio_proxies_stopped_total", &[]), 3.0);
     wait_for(
         "the node's fds back to their count before enrolment",
         Duration::from_secs(15),

@@ -184,7 +184,14 @@ impl Proc {
     }
 
     /// Waits (bounded) for the process to end; its stdout, or a panic with its output.
-    pub fn finish(mut self, limit: std::time::Duration) -> String {
+    pub fn finish(self, limit: std::time::Duration) -> String {
+        let (ok, out) = self.finish_status(limit);
+        assert!(ok, "process failed: {out}");
+        out
+    }
+
+    /// Waits (bounded) for the process to end: whether it succeeded, and its output.
+    pub fn finish_status(mut self, limit: std::time::Duration) -> (bool, String) {
         let deadline = std::time::Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -196,8 +203,10 @@ impl Proc {
                 if let Some(mut e) = self.child.stderr.take() {
                     let _ = std::io::Read::read_to_string(&mut e, &mut err);
                 }
-                assert!(status.success(), "process failed: {out}{err}");
-                return out;
+                if !status.success() {
+                    out.push_str(&err);
+                }
+                return (status.success(), out);
             }
             assert!(
                 std::time::Instant::now() < deadline,
