@@ -85,7 +85,7 @@ mod tests {
             name: "n".into(),
             namespace: "ns".into(),
             netns: std::thread::spawn(|| {
-                rustix::thread::unshare(rustix::thread::UnshareFlags::NEWNET)
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                     .expect("unshare(CLONE_NEWNET) (run as root)");
                 OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net").unwrap())
             })
