@@ -215,6 +215,11 @@ pub struct Args {
     #[arg(long, env = "INPOD_UDS", value_name = "PATH")]
     pub zds_socket: Option<PathBuf>,
 
+    /// In-pod capture back end: auto (eBPF when the hooks load here, else nftables), ebpf or
+    /// nftables. The choice is logged at start-up.
+    #[arg(long, env = "ZMESH_CAPTURE", default_value = "auto", value_parser = ["auto", "ebpf", "nftables"], value_name = "BACKEND")]
+    pub capture: String,
+
     /// Log filter (RUST_LOG syntax), e.g. "info,zmesh_node=debug".
     #[arg(long, env = "RUST_LOG", default_value = "info", value_name = "FILTER")]
     pub log: String,

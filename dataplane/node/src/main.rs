@@ -122,7 +122,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let n = args.shards.unwrap_or(cores.len().max(1)).max(1);
     // In-pod mode: local workloads are served in their pods' netns once enrolled, not here.
     let capturer = match &args.zds_socket {
-        Some(path) => Some(in_pod_setup(path)?),
+        Some(path) => Some(in_pod_setup(path, &args)?),
         None => None,
     };
     let listen_addrs: Vec<SocketAddr> = local
@@ -234,9 +234,21 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// In-pod mode: chooses the capture back end (eBPF, else nftables; logged) before any pod can
 /// be enrolled. The proxy's own cgroup gets the proxy-side hooks: it must hold only the proxy.
-fn in_pod_setup(zds: &std::path::Path) -> anyhow::Result<zmesh_ebpf::Capturer> {
-    let capturer = zmesh_ebpf::Capturer::choose(zmesh_ebpf::LoadConfig::default())
-        .context("no traffic capture available for in-pod mode")?;
+fn in_pod_setup(zds: &std::path::Path, args: &Args) -> anyhow::Result<zmesh_ebpf::Capturer> {
+    use zmesh_ebpf::{Capturer, LoadConfig, nftables::Nftables};
+    let capturer = match args.capture.as_str() {
+        "ebpf" => zmesh_ebpf::Capture::load(LoadConfig::default())
+            .map(Capturer::Ebpf)
+            .context("eBPF capture (--capture ebpf)")?,
+        "nftables" => {
+            Nftables::detect().context("nftables capture (--capture nftables)")?;
+            let ports = zmesh_ebpf::Ports::default();
+            // The rules skip packets with our mark, so they must use the one our sockets carry.
+            Capturer::Nftables(Nftables::new(ports, args.packet_mark))
+        }
+        _ => Capturer::choose(LoadConfig::default())
+            .context("no traffic capture available for in-pod mode")?,
+    };
     tracing::info!(backend = capturer.name(), zds = %zds.display(), "in-pod mode: pods enroll over ZDS");
     Ok(capturer)
 }

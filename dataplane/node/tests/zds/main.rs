@@ -56,8 +56,10 @@ fn main() {
         return;
     }
     require_root();
-    in_pod_mode();
-    println!("test zds::in_pod_mode ... ok");
+    for backend in ["ebpf", "nftables"] {
+        in_pod_mode(backend);
+        println!("test zds::in_pod_mode({backend}) ... ok");
+    }
 }
 
 /// Echoes every connection until its EOF.
@@ -181,7 +183,19 @@ fn bpf_attached(pod: &Pod) -> (usize, usize) {
     (progs, on_netns)
 }
 
-fn in_pod_mode() {
+/// Whether the nftables fallback's table is in the pod's netns.
+fn nft_table(pod: &Pod) -> bool {
+    in_netns(pod.netns.as_fd(), || {
+        std::process::Command::new("nft")
+            .args(["list", "table", "inet", zmesh_ebpf::nftables::TABLE])
+            .output()
+            .expect("run nft")
+            .status
+            .success()
+    })
+}
+
+fn in_pod_mode(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let node_ns = node_netns();
     let (a, b, c, d) = (
@@ -221,6 +235,8 @@ fn in_pod_mode() {
         "127.0.0.1:15020",
         "--readiness-addr",
         "127.0.0.1:15021",
+        "--capture",
+        backend,
         "--zds-socket",
         &zds_path.display().to_string(),
         "--log",
@@ -247,7 +263,9 @@ fn in_pod_mode() {
     });
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(
-        logged.contains("traffic capture"),
+        logged.contains(&format!(
+            "in-pod mode: pods enroll over ZDS backend=\"{backend}\""
+        )),
         "capture back end logged:\n{logged}"
     );
     // Not enrolled yet: nothing listens in the pods, nothing is attached.
@@ -288,11 +306,14 @@ fn in_pod_mode() {
         "the outbound side knew its pod: source workload a"
     );
     let (progs, sk_lookup) = bpf_attached(&a);
-    if logged.contains("backend=\"ebpf\"") || logged.contains("backend=ebpf") {
+    if backend == "ebpf" {
         assert!(
             progs > 0 && sk_lookup == 1,
             "eBPF attached to pod a: {progs} {sk_lookup}"
         );
+    } else {
+        assert_eq!((progs, sk_lookup), (0, 0), "nftables: no eBPF on pod a");
+        assert!(nft_table(&a), "nftables rules in pod a");
     }
     assert_eq!(session.snapshot_sent(), "");
     assert_eq!(node.metric("istio_active_proxy_count", &[]), 2.0);
@@ -399,6 +420,7 @@ fn in_pod_mode() {
     // del releases capture and the listeners: traffic flows directly, nothing leaks.
     assert_eq!(session.del("pod-a-uid"), "");
     assert_eq!(bpf_attached(&a), (0, 0), "no programs or links left for a");
+    assert!(!nft_table(&a) && !nft_table(&b), "no nftables rules left");
     assert_eq!(bpf_attached(&b), (0, 0), "no programs or links left for b");
     let total = opened(&[]);
     client_in(&a, b.ip, 64 * 1024);
