@@ -99,6 +99,8 @@ fn session(path: &std::path::Path, pods: &mut Pods, backoff: &mut Backoff) -> Re
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let (len, fds) = receive(&sock, &mut buf).map_err(io)?;
+        // End of stream; a zero-length request (an empty oneof) looks the same and is taken
+        // as a disconnect too.
         if len == 0 {
             return Err(ZdsError::Closed);
         }
@@ -182,3 +184,6 @@ fn handle(
         None => Err("empty request".to_owned()),
     }
 }
+
+#[cfg(test)]
+mod tests;

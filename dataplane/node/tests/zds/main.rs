@@ -274,10 +274,13 @@ fn in_pod_mode(backend: &str) {
     let opened = |labels: &[&str]| node.metric("istio_tcp_connections_opened_total", labels);
 
     // Enrolment: the ack means captured. Traffic right after it must go through the proxy.
+    let t = Instant::now();
     assert_eq!(
         session.add("pod-a-uid", "a", a.netns.as_fd(), &a.cgroup.0),
         ""
     );
+    // Measured, not asserted: what a pod's start waits for (listeners on 2 shards + capture).
+    eprintln!("{backend}: add → ack in {:?}", t.elapsed());
     assert_eq!(
         session.add("pod-b-uid", "b", b.netns.as_fd(), &b.cgroup.0),
         ""
