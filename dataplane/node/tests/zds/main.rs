@@ -344,6 +344,20 @@ fn in_pod_mode(backend: &str) {
         before + 1.0,
         "node → b:8080 went through 15006"
     );
+    // Captured too, but to a proxy port: refused, never relayed into the proxy itself.
+    let illegal = || node.metric("zmesh_rejections_total", &["reason=\"illegal_port\""]);
+    let illegal_before = illegal();
+    let (ok, out) = Proc::spawn(
+        node_ns.as_fd(),
+        &host_cg.0,
+        &std::env::current_exe().unwrap(),
+        &[format!("{}:15001", b.ip), "1000".into()],
+        &[("ZMESH_POD_APP", "client".into())],
+        None,
+    )
+    .finish_status(Duration::from_secs(20));
+    assert!(!ok, "node → b:15001 must be refused: {out}");
+    assert_eq!(illegal(), illegal_before + 1.0, "refused as a proxy port");
 
     // d is enrolled but no workload of the mesh is d: captured, and refused (fail closed)
     // until a workload with its namespace and name arrives.
