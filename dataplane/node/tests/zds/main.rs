@@ -117,6 +117,10 @@ impl NodeProxy {
         zmesh_tests::metric_sum(&self.metrics(), name, labels)
     }
 
+    fn opened(&self, labels: &[&str]) -> f64 {
+        self.metric("istio_tcp_connections_opened_total", labels)
+    }
+
     fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.proc.pid()))
             .unwrap()
@@ -195,7 +199,41 @@ fn nft_table(pod: &Pod) -> bool {
     })
 }
 
+/// Everything one run sets up. Fields drop in order: the proxy and the apps are killed
+/// before their cgroups and namespaces go.
+struct World {
+    node: NodeProxy,
+    _servers: Vec<Proc>,
+    agent: agent::Agent,
+    a: Pod,
+    b: Pod,
+    c: Pod,
+    d: Pod,
+    _node_cg: Cgroup,
+    host_cg: Cgroup,
+    node_ns: std::os::fd::OwnedFd,
+    _dir: tempfile::TempDir,
+}
+
+const MTLS_IN: [&str; 2] = [
+    "reporter=\"destination\"",
+    "connection_security_policy=\"mutual_tls\"",
+];
+
 fn in_pod_mode(backend: &str) {
+    let (w, session) = start(backend);
+    // Not enrolled yet: nothing is attached.
+    assert_eq!(bpf_attached(&w.a), (0, 0));
+    let fds_before = w.node.fds();
+    enrol_and_tunnel(&w, &session, backend);
+    plaintext_from_the_node(&w);
+    enrolled_before_its_workload(&w, &session);
+    never_enrolled(&w);
+    let session = agent_restart(&w, session);
+    release(&w, &session, fds_before);
+}
+
+fn start(backend: &str) -> (World, agent::Session) {
     let dir = tempfile::tempdir().unwrap();
     let node_ns = node_netns();
     let (a, b, c, d) = (
@@ -257,23 +295,32 @@ fn in_pod_mode(backend: &str) {
         netns: node_ns.try_clone().unwrap(),
         log: log.clone(),
     };
-    let session = agent.accept(Duration::from_secs(30));
+    let w = World {
+        node,
+        _servers: servers,
+        agent,
+        a,
+        b,
+        c,
+        d,
+        _node_cg: node_cg,
+        host_cg,
+        node_ns,
+        _dir: dir,
+    };
+    let session = w.agent.accept(Duration::from_secs(30));
     wait_for("metrics", Duration::from_secs(10), || {
-        node.metrics().contains("istio_active_proxy_count")
+        w.node.metrics().contains("istio_active_proxy_count")
     });
     let logged = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        logged.contains(&format!(
-            "in-pod mode: pods enroll over ZDS backend=\"{backend}\""
-        )),
-        "capture back end logged:\n{logged}"
-    );
-    // Not enrolled yet: nothing listens in the pods, nothing is attached.
-    assert_eq!(bpf_attached(&a), (0, 0));
-    let fds_before = node.fds();
-    let opened = |labels: &[&str]| node.metric("istio_tcp_connections_opened_total", labels);
+    let line = format!("in-pod mode: pods enroll over ZDS backend=\"{backend}\"");
+    assert!(logged.contains(&line), "capture back end logged:\n{logged}");
+    (w, session)
+}
 
-    // Enrolment: the ack means captured. Traffic right after it must go through the proxy.
+/// The ack means captured: traffic right after it goes through the proxy, a → b over HBONE.
+fn enrol_and_tunnel(w: &World, session: &agent::Session, backend: &str) {
+    let (a, b, node) = (&w.a, &w.b, &w.node);
     let t = Instant::now();
     assert_eq!(
         session.add("pod-a-uid", "a", a.netns.as_fd(), &a.cgroup.0),
@@ -285,174 +332,161 @@ fn in_pod_mode(backend: &str) {
         session.add("pod-b-uid", "b", b.netns.as_fd(), &b.cgroup.0),
         ""
     );
-    let mtls_before = opened(&[
-        "reporter=\"destination\"",
-        "connection_security_policy=\"mutual_tls\"",
-    ]);
-    client_in(&a, b.ip, 256 * 1024);
-    let mtls = opened(&[
-        "reporter=\"destination\"",
-        "connection_security_policy=\"mutual_tls\"",
-    ]);
+    let mtls_before = node.opened(&MTLS_IN);
+    client_in(a, b.ip, 256 * 1024);
     assert_eq!(
-        mtls - mtls_before,
+        node.opened(&MTLS_IN) - mtls_before,
         1.0,
         "a → b went over HBONE (mTLS) right after the ack"
     );
-    assert_eq!(
-        opened(&[
-            "reporter=\"source\"",
-            "source_workload=\"a\"",
-            "destination_workload=\"b\""
-        ]),
-        1.0,
-        "the outbound side knew its pod: source workload a"
-    );
-    let (progs, sk_lookup) = bpf_attached(&a);
+    let from_a = [
+        "reporter=\"source\"",
+        "source_workload=\"a\"",
+        "destination_workload=\"b\"",
+    ];
+    assert_eq!(node.opened(&from_a), 1.0, "the outbound side knew its pod");
+    let (progs, sk_lookup) = bpf_attached(a);
     if backend == "ebpf" {
         assert!(
             progs > 0 && sk_lookup == 1,
-            "eBPF attached to pod a: {progs} {sk_lookup}"
+            "eBPF on pod a: {progs} {sk_lookup}"
         );
     } else {
         assert_eq!((progs, sk_lookup), (0, 0), "nftables: no eBPF on pod a");
-        assert!(nft_table(&a), "nftables rules in pod a");
+        assert!(nft_table(a), "nftables rules in pod a");
     }
     assert_eq!(session.snapshot_sent(), "");
     assert_eq!(node.metric("istio_active_proxy_count", &[]), 2.0);
     assert_eq!(node.metric("istio_proxies_started_total", &[]), 2.0);
+}
 
-    // Plaintext from the node to b's app port is captured to 15006.
+/// Runs the client app in the node's netns (outside every pod).
+fn client_from_node(w: &World, to: SocketAddr) -> (bool, String) {
+    Proc::spawn(
+        w.node_ns.as_fd(),
+        &w.host_cg.0,
+        &std::env::current_exe().unwrap(),
+        &[to.to_string(), "1000".into()],
+        &[("ZMESH_POD_APP", "client".into())],
+        None,
+    )
+    .finish_status(Duration::from_secs(20))
+}
+
+/// Plaintext from the node to b's app port is captured to 15006; to a proxy port, refused.
+fn plaintext_from_the_node(w: &World) {
+    let node = &w.node;
     let plain = [
         "reporter=\"destination\"",
         "connection_security_policy=\"unknown\"",
         "destination_workload=\"b\"",
     ];
-    let before = opened(&plain);
-    let out = Proc::spawn(
-        node_ns.as_fd(),
-        &host_cg.0,
-        &std::env::current_exe().unwrap(),
-        &[format!("{}:{APP_PORT}", b.ip), "1000".into()],
-        &[("ZMESH_POD_APP", "client".into())],
-        None,
-    )
-    .finish(Duration::from_secs(20));
-    assert_eq!(out.trim(), "ok 1000");
+    let before = node.opened(&plain);
+    let (ok, out) = client_from_node(w, SocketAddr::from((w.b.ip, APP_PORT)));
+    assert!(ok && out.trim() == "ok 1000", "node → b:8080: {out}");
     assert_eq!(
-        opened(&plain),
+        node.opened(&plain),
         before + 1.0,
         "node → b:8080 went through 15006"
     );
-    // Captured too, but to a proxy port: refused, never relayed into the proxy itself.
     let illegal = || node.metric("zmesh_rejections_total", &["reason=\"illegal_port\""]);
     let illegal_before = illegal();
-    let (ok, out) = Proc::spawn(
-        node_ns.as_fd(),
-        &host_cg.0,
-        &std::env::current_exe().unwrap(),
-        &[format!("{}:15001", b.ip), "1000".into()],
-        &[("ZMESH_POD_APP", "client".into())],
-        None,
-    )
-    .finish_status(Duration::from_secs(20));
+    let (ok, out) = client_from_node(w, SocketAddr::from((w.b.ip, 15001)));
     assert!(!ok, "node → b:15001 must be refused: {out}");
     assert_eq!(illegal(), illegal_before + 1.0, "refused as a proxy port");
+}
 
-    // d is enrolled but no workload of the mesh is d: captured, and refused (fail closed)
-    // until a workload with its namespace and name arrives.
-    let refused = |flag: &str| {
-        node.metric(
-            "istio_tcp_connections_failed_total",
-            &[&format!("response_flags=\"{flag}\"")],
-        )
+/// d is enrolled but no workload of the mesh is d: captured, and refused (fail closed) until
+/// a workload with its namespace and name arrives. A bad request gets an error ack.
+fn enrolled_before_its_workload(w: &World, session: &agent::Session) {
+    let (d, node) = (&w.d, &w.node);
+    let identity_errors = || {
+        let flag = ["response_flags=\"IDENTITY_ERROR\""];
+        node.metric("istio_tcp_connections_failed_total", &flag)
     };
-    let identity_errors = refused("IDENTITY_ERROR");
+    let before = identity_errors();
     assert_eq!(
         session.add("pod-d-uid", "d", d.netns.as_fd(), &d.cgroup.0),
         ""
     );
-    let args = [format!("{}:{APP_PORT}", b.ip), "1000".to_string()];
-    let (ok, out) = app(&d, "client", &args).finish_status(Duration::from_secs(20));
+    let args = [format!("{}:{APP_PORT}", w.b.ip), "1000".to_string()];
+    let (ok, out) = app(d, "client", &args).finish_status(Duration::from_secs(20));
     assert!(!ok, "d's connection must not get through: {out}");
     assert_eq!(
-        refused("IDENTITY_ERROR"),
-        identity_errors + 1.0,
+        identity_errors(),
+        before + 1.0,
         "d refused as unknown source"
     );
     assert_eq!(session.del("pod-d-uid"), "");
-    // A bad request is answered with an error, and the proxy goes on.
     let err = session.add_without_netns("pod-e-uid", "e", &d.cgroup.0);
     assert!(err.contains("network namespace"), "error ack: {err:?}");
+}
 
-    // c is in the config but never enrolled: not captured, no proxy metric moves.
-    let total = opened(&[]);
-    let (progs_c, lookup_c) = bpf_attached(&c);
-    assert_eq!((progs_c, lookup_c), (0, 0), "c has no capture");
-    let mtls = opened(&["connection_security_policy=\"mutual_tls\""]);
-    client_in(&c, a.ip, 1000);
+/// c is in the config but never enrolled: its outbound is not captured.
+fn never_enrolled(w: &World) {
+    let node = &w.node;
+    assert_eq!(bpf_attached(&w.c), (0, 0), "c has no capture");
+    let total = node.opened(&[]);
+    let mtls = node.opened(&["connection_security_policy=\"mutual_tls\""]);
+    client_in(&w.c, w.a.ip, 1000);
     assert_eq!(
-        opened(&[]),
+        node.opened(&[]),
         total + 1.0,
         "c → a: only a's inbound capture saw it"
     );
     assert_eq!(
-        opened(&["connection_security_policy=\"mutual_tls\""]),
+        node.opened(&["connection_security_policy=\"mutual_tls\""]),
         mtls,
         "c's outbound was not captured into a tunnel"
     );
+}
 
-    // The agent goes away: pods stay captured while the proxy reconnects.
+/// The agent goes away: pods stay captured while the proxy reconnects; the new snapshot lists
+/// only a (re-sent with the same netns: kept as is), so b is released.
+fn agent_restart(w: &World, session: agent::Session) -> agent::Session {
+    let (a, b, node) = (&w.a, &w.b, &w.node);
     drop(session);
-    let session = agent.accept(Duration::from_secs(30));
-    let mtls_filter = [
-        "reporter=\"destination\"",
-        "connection_security_policy=\"mutual_tls\"",
-    ];
-    let mtls = opened(&mtls_filter);
-    client_in(&a, b.ip, 1000);
+    let session = w.agent.accept(Duration::from_secs(30));
+    let mtls = node.opened(&MTLS_IN);
+    client_in(a, b.ip, 1000);
     assert_eq!(
-        opened(&mtls_filter),
+        node.opened(&MTLS_IN),
         mtls + 1.0,
-        "still captured while the agent was away"
+        "captured while the agent was away"
     );
-    // The new snapshot lists only a (re-sent with the same netns: kept as is); b is released.
     assert_eq!(
         session.add("pod-a-uid", "a", a.netns.as_fd(), &a.cgroup.0),
         ""
     );
     assert_eq!(session.snapshot_sent(), "");
     assert_eq!(node.metric("istio_active_proxy_count", &[]), 1.0);
+    let started = node.metric("istio_proxies_started_total", &[]);
+    assert_eq!(started, 3.0, "a was not re-enrolled");
     assert_eq!(
-        node.metric("istio_proxies_started_total", &[]),
-        3.0,
-        "a was not re-enrolled"
-    );
-    assert_eq!(
-        bpf_attached(&b),
+        bpf_attached(b),
         (0, 0),
         "b, missing from the snapshot, was released"
     );
+    session
+}
 
-    // del releases capture and the listeners: traffic flows directly, nothing leaks.
+/// del releases capture and the listeners: traffic flows directly, nothing leaks.
+fn release(w: &World, session: &agent::Session, fds_before: usize) {
+    let (a, b, node) = (&w.a, &w.b, &w.node);
     assert_eq!(session.del("pod-a-uid"), "");
-    assert_eq!(bpf_attached(&a), (0, 0), "no programs or links left for a");
-    assert!(!nft_table(&a) && !nft_table(&b), "no nftables rules left");
-    assert_eq!(bpf_attached(&b), (0, 0), "no programs or links left for b");
-    let total = opened(&[]);
-    client_in(&a, b.ip, 64 * 1024);
-    assert_eq!(opened(&[]), total, "a → b after del: not proxied");
+    assert_eq!(bpf_attached(a), (0, 0), "no programs or links left for a");
+    assert_eq!(bpf_attached(b), (0, 0), "no programs or links left for b");
+    assert!(!nft_table(a) && !nft_table(b), "no nftables rules left");
+    let total = node.opened(&[]);
+    client_in(a, b.ip, 64 * 1024);
+    assert_eq!(node.opened(&[]), total, "a → b after del: not proxied");
     assert_eq!(node.metric("istio_active_proxy_count", &[]), 0.0);
     assert_eq!(node.metric("istio_proxies_stopped_total", &[]), 3.0);
     wait_for(
-        "the node's fds back to their count before enrolment",
+        "the node's fds back to their count",
         Duration::from_secs(15),
         || node.fds() <= fds_before,
     );
-    assert!(
-        !session.del("pod-a-uid").is_empty(),
-        "del of an unknown pod is an error ack"
-    );
-    drop(servers);
-    drop(node);
+    let err = session.del("pod-a-uid");
+    assert!(!err.is_empty(), "del of an unknown pod is an error ack");
 }
