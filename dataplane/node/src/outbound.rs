@@ -214,7 +214,7 @@ async fn outbound(
     guard.track("outbound", client, dst, None);
     let result = async {
         let src = match &pod {
-            Some(p) => state.pod_workload(&p.namespace, &p.name),
+            Some(p) => state.pod_workload(p),
             None => state.local_workload(client.ip()),
         }
         .cloned()

@@ -23,6 +23,9 @@ pub struct Pod {
     pub name: String,
     pub namespace: String,
     pub netns: OwnedFd,
+    /// The pod's addresses, read in its netns when it is enrolled: the fast way to its
+    /// workload in the snapshot.
+    pub ips: OnceLock<Vec<std::net::IpAddr>>,
 }
 
 impl Pod {
@@ -91,6 +94,7 @@ mod tests {
             })
             .join()
             .unwrap(),
+            ips: OnceLock::new(),
         };
         let n = 2000;
         let start = std::time::Instant::now();

@@ -107,6 +107,7 @@ impl Pods {
             name: req.name,
             namespace: req.namespace,
             netns: OwnedFd::from(file),
+            ips: Default::default(),
         });
         self.metrics.pending.fetch_add(1, Relaxed);
         let result = self.enroll(&pod, &req.cgroup);
@@ -137,6 +138,7 @@ impl Pods {
                 pod_addresses().map_err(PodError::Netns)?,
             ))
         })??;
+        let _ = pod.ips.set(ips.clone());
         let first = sockets.first().ok_or(PodError::Shard(0))?;
         let (inbound_v4, inbound_v6) = (
             first.plaintext.first().map(|s| s.as_fd()),
