@@ -24,8 +24,8 @@ pub mod ca {
     tonic::include_proto!("istio.v1.auth");
 }
 
-/// ZDS, the node agent ↔ node proxy protocol of in-pod mode. Field numbers are zmesh's own,
-/// not checked against Istio (see the comment in `proto/istio/zds.proto`).
+/// ZDS, the node agent ↔ node proxy protocol of in-pod mode (field numbers checked against
+/// Istio's by hand: see the comment in `proto/istio/zds.proto`).
 pub mod zds {
     tonic::include_proto!("istio.workload.zds");
 }

@@ -164,13 +164,12 @@ fn handle(
             .map_err(text)
         }
         Some(Payload::Keep(keep)) => {
-            let known = pods.contains(&keep.uid);
-            seen.insert(keep.uid.clone());
-            if known {
-                Ok(())
-            } else {
-                Err(text(PodError::Unknown(keep.uid)))
+            // The agent lost the pod's netns: keep the pod if we serve it, else nothing to do.
+            if !pods.contains(&keep.uid) {
+                tracing::debug!(pod = %keep.uid, "keep for a pod not enrolled here");
             }
+            seen.insert(keep.uid);
+            Ok(())
         }
         Some(Payload::Del(del)) => {
             seen.remove(&del.uid);

@@ -82,11 +82,14 @@ fn requests_are_acked_errors_included_and_the_client_reconnects() {
         ..Default::default()
     };
     assert!(ask(&c, Payload::Add(add)).contains("network namespace"));
-    assert!(ask(&c, Payload::Keep(KeepWorkload { uid: "p2".into() })).contains("unknown pod"));
+    assert_eq!(
+        ask(&c, Payload::Keep(KeepWorkload { uid: "p2".into() })),
+        ""
+    );
     assert!(ask(&c, Payload::Del(DelWorkload { uid: "p3".into() })).contains("unknown pod"));
     assert!(ask_raw(&c, &[0xff, 0xff, 0xff]).contains("bad request"));
-    // Only a field this client does not know (5): a request with no payload.
-    assert!(ask_raw(&c, &[0x28, 0x01]).contains("empty request"));
+    // Only a field this client does not know (6): a request with no payload.
+    assert!(ask_raw(&c, &[0x30, 0x01]).contains("empty request"));
     // (An empty request encodes to zero bytes, which SOCK_SEQPACKET cannot tell from the
     // agent closing: the client treats it as a disconnect, as ztunnel does.)
     assert_eq!(ask(&c, Payload::SnapshotSent(SnapshotSent {})), "");
@@ -101,4 +104,46 @@ fn requests_are_acked_errors_included_and_the_client_reconnects() {
     let hello = ZdsHello::decode(recv(&c).as_slice()).unwrap();
     assert_eq!(hello.version, zmesh_proto::zds::Version::V1 as i32);
     assert_eq!(ask(&c, Payload::SnapshotSent(SnapshotSent {})), "");
+}
+
+/// Hand-encoded requests with the field numbers of Istio's zds.proto, so a renumbering here
+/// cannot go unnoticed.
+#[test]
+fn wire_numbers_match_istio() {
+    let decode = |b: &[u8]| WorkloadRequest::decode(b).unwrap().payload;
+    // del = 2 { uid = 2 }
+    assert_eq!(
+        decode(&[0x12, 0x03, 0x12, 0x01, b'x']),
+        Some(Payload::Del(DelWorkload { uid: "x".into() }))
+    );
+    // keep = 5 { uid = 1 }
+    assert_eq!(
+        decode(&[0x2a, 0x03, 0x0a, 0x01, b'x']),
+        Some(Payload::Keep(KeepWorkload { uid: "x".into() }))
+    );
+    // snapshot_sent = 3 {}
+    assert_eq!(
+        decode(&[0x1a, 0x00]),
+        Some(Payload::SnapshotSent(SnapshotSent {}))
+    );
+    // add = 1 { uid = 1, workload_info = 2 { name = 1, namespace = 2, service_account = 3 } }
+    let add = decode(&[
+        0x0a, 0x0e, 0x0a, 0x01, b'u', 0x12, 0x09, 0x0a, 0x01, b'n', 0x12, 0x01, b's', 0x1a, 0x01,
+        b'a',
+    ]);
+    let Some(Payload::Add(add)) = add else {
+        panic!("not an add: {add:?}")
+    };
+    let info = add.workload_info.unwrap();
+    assert_eq!(
+        (
+            add.uid.as_str(),
+            info.name.as_str(),
+            info.namespace.as_str()
+        ),
+        ("u", "n", "s")
+    );
+    assert_eq!(info.service_account, "a");
+    // ZdsHello { version = 1 (V1) }
+    assert_eq!(ZdsHello { version: 1 }.encode_to_vec(), [0x08, 0x01]);
 }
