@@ -250,6 +250,17 @@ fn in_pod_setup(zds: &std::path::Path, args: &Args) -> anyhow::Result<zmesh_ebpf
             .context("no traffic capture available for in-pod mode")?,
     };
     tracing::info!(backend = capturer.name(), zds = %zds.display(), "in-pod mode: pods enroll over ZDS");
+    if let zmesh_ebpf::Capturer::Ebpf(_) = capturer {
+        match podns::cgroup_neighbours() {
+            Ok(pids) if !pids.is_empty() => tracing::warn!(
+                ?pids,
+                "other processes share the proxy's cgroup: their sockets count as the proxy's \
+                 for capture; run the proxy in a cgroup of its own"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot check the proxy's cgroup"),
+        }
+    }
     Ok(capturer)
 }
 

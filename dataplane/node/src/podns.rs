@@ -73,6 +73,24 @@ pub fn in_pod<T>(pod: Option<&Pod>, f: impl FnOnce() -> io::Result<T>) -> io::Re
     result
 }
 
+/// Other processes in this process's cgroup v2 directory. eBPF capture attaches the proxy-side
+/// hooks to that cgroup and skips sockets made there, so a neighbour would be treated as proxy.
+pub fn cgroup_neighbours() -> io::Result<Vec<u32>> {
+    let root = zmesh_ebpf::cgroup2_mount().map_err(io::Error::other)?;
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| io::Error::other("no cgroup v2 entry in /proc/self/cgroup"))?;
+    let procs = root.join(rel.trim_start_matches('/')).join("cgroup.procs");
+    let me = std::process::id();
+    Ok(std::fs::read_to_string(procs)?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|pid| *pid != me)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

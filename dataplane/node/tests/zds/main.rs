@@ -315,6 +315,10 @@ fn start(backend: &str) -> (World, agent::Session) {
     let logged = std::fs::read_to_string(&log).unwrap();
     let line = format!("in-pod mode: pods enroll over ZDS backend=\"{backend}\"");
     assert!(logged.contains(&line), "capture back end logged:\n{logged}");
+    assert!(
+        !logged.contains("other processes share"),
+        "the proxy has its cgroup to itself:\n{logged}"
+    );
     (w, session)
 }
 
