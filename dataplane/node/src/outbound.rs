@@ -43,6 +43,7 @@ pub async fn serve_captured(shard: ShardRef, listener: TcpListener, pod: Option<
                 Ok(l) => l,
                 Err(_) => return,
             };
+            let client = pod_source(pod.as_deref(), client, local);
             match sockets::original_dst(stream.socket(), local) {
                 Ok(dst) if dst != local => {
                     outbound(
@@ -66,6 +67,19 @@ pub async fn serve_captured(shard: ShardRef, listener: TcpListener, pod: Option<
         })
         .detach();
     }
+}
+
+/// The address a captured app connected from. eBPF capture connects the app to loopback, so
+/// on a pod's listener the source is then the pod's own address of that family (what the
+/// CONNECT's `forwarded` header and the logs show; nftables' REDIRECT keeps it already).
+fn pod_source(pod: Option<&Pod>, client: SocketAddr, local: SocketAddr) -> SocketAddr {
+    let Some(pod) = pod.filter(|_| client.ip().is_loopback()) else {
+        return client;
+    };
+    pod.ips
+        .get()
+        .and_then(|ips| ips.iter().find(|ip| ip.is_ipv4() == local.is_ipv4()))
+        .map_or(client, |ip| SocketAddr::new(*ip, client.port()))
 }
 
 /// Accepts SOCKS5 clients.

@@ -349,6 +349,12 @@ fn enrol_and_tunnel(w: &World, session: &agent::Session, backend: &str) {
         "destination_workload=\"b\"",
     ];
     assert_eq!(node.opened(&from_a), 1.0, "the outbound side knew its pod");
+    // The app reached the proxy over loopback (eBPF) or kept its address (nftables): either
+    // way the connection is logged as coming from the pod's address.
+    let pod_src = format!("direction=\"outbound\" src.addr={}:", a.ip);
+    wait_for("outbound access log", Duration::from_secs(5), || {
+        std::fs::read_to_string(&node.log).is_ok_and(|l| l.contains(&pod_src))
+    });
     let (progs, sk_lookup) = bpf_attached(a);
     if backend == "ebpf" {
         assert!(
