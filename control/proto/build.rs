@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/istio/workload.proto",
         "proto/istio/authorization.proto",
         "proto/istio/ca.proto",
+        "proto/istio/zds.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -24,6 +24,12 @@ pub mod ca {
     tonic::include_proto!("istio.v1.auth");
 }
 
+/// ZDS, the node agent ↔ node proxy protocol of in-pod mode (field numbers checked against
+/// Istio's by hand: see the comment in `proto/istio/zds.proto`).
+pub mod zds {
+    tonic::include_proto!("istio.workload.zds");
+}
+
 pub use prost;
 pub use prost_types;
 

@@ -208,6 +208,18 @@ pub struct Args {
     )]
     pub packet_mark: u32,
 
+    /// In-pod mode: the node agent's ZDS socket (SOCK_SEQPACKET). Pods enrolled over it get
+    /// their listeners inside their own network namespace and their traffic captured (eBPF,
+    /// or nftables where the hooks are unavailable); local workloads then get no listeners on
+    /// the host.
+    #[arg(long, env = "INPOD_UDS", value_name = "PATH")]
+    pub zds_socket: Option<PathBuf>,
+
+    /// In-pod capture back end: auto (eBPF when the hooks load here, else nftables), ebpf or
+    /// nftables. The choice is logged at start-up.
+    #[arg(long, env = "ZMESH_CAPTURE", default_value = "auto", value_parser = ["auto", "ebpf", "nftables"], value_name = "BACKEND")]
+    pub capture: String,
+
     /// Log filter (RUST_LOG syntax), e.g. "info,zmesh_node=debug".
     #[arg(long, env = "RUST_LOG", default_value = "info", value_name = "FILTER")]
     pub log: String,

@@ -50,6 +50,9 @@ pub struct ControlLoop {
     pub ca: CaClient,
     pub pending: Arc<Mutex<Pending>>,
     pub updates: mpsc::Receiver<MeshUpdate>,
+    /// Open local workloads' listeners on the host (off in in-pod mode, where pods get theirs
+    /// in their own netns when enrolled).
+    pub host_listeners: bool,
 }
 
 struct Run {
@@ -60,6 +63,7 @@ struct Run {
     synced: bool,
     book: CertBook,
     listening: BTreeMap<String, Vec<IpAddr>>,
+    host_listeners: bool,
 }
 
 type CertResult = (Identity, Result<Arc<IdentityCert>, CaError>);
@@ -72,6 +76,7 @@ impl ControlLoop {
             ca,
             pending,
             mut updates,
+            host_listeners,
         } = self;
         let mesh = state.load().mesh.clone();
         let mut run = Run {
@@ -82,6 +87,7 @@ impl ControlLoop {
             synced: false,
             book: CertBook::default(),
             listening: BTreeMap::new(),
+            host_listeners,
         };
         let (cert_tx, mut cert_rx) = mpsc::unbounded_channel::<CertResult>();
         run.refresh_pending();
@@ -133,7 +139,9 @@ impl Run {
         // Publish first: a listener opened below must find its workload in the state.
         let recheck = policy_inputs_changed(&old, &self.mesh, &node);
         self.publish(recheck);
-        self.sync_listeners(want);
+        if self.host_listeners {
+            self.sync_listeners(want);
+        }
     }
 
     fn on_cert(&mut self, id: Identity, r: Result<Arc<IdentityCert>, CaError>) {

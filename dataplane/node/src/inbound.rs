@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use zmesh_rt::{TcpListener, TcpStream};
 use zmesh_state::{Connection, Decision, Identity, Workload};
 
 use crate::metrics::{Rejection, TrafficCounters, TrafficLabels};
+use crate::podns::{Pod, PodRef};
 use crate::relay::{self, Accounting};
 use crate::shard::{ConnGuard, ShardRef};
 use crate::state::NodeState;
@@ -46,13 +48,14 @@ pub async fn accept(
     Some((stream, peer, guard))
 }
 
-/// Serves HBONE on one local workload address.
-pub async fn serve_hbone(shard: ShardRef, listener: TcpListener) {
+/// Serves HBONE on one local workload address (or in an enrolled pod's netns: `pod`).
+pub async fn serve_hbone(shard: ShardRef, listener: TcpListener, pod: Option<PodRef>) {
     loop {
         let Some((stream, peer, guard)) = accept(&shard, &listener).await else {
             continue;
         };
-        zmesh_rt::spawn(hbone_connection(shard.clone(), stream, peer, guard)).detach();
+        let conn = hbone_connection(shard.clone(), stream, peer, guard, pod.clone());
+        zmesh_rt::spawn(conn).detach();
     }
 }
 
@@ -61,6 +64,8 @@ struct PeerConn {
     peer: SocketAddr,
     local: SocketAddr,
     identity: Option<Identity>,
+    /// The pod whose listener accepted the connection: the app is dialed from its netns.
+    pod: Option<PodRef>,
 }
 
 async fn hbone_connection(
@@ -68,12 +73,15 @@ async fn hbone_connection(
     stream: TcpStream,
     peer: SocketAddr,
     mut guard: ConnGuard,
+    pod: Option<PodRef>,
 ) {
     let Ok(local) = stream.local_addr() else {
         return;
     };
     let state = shard.state.load_full();
-    let Some(workload) = state.local_workload(local.ip()).cloned() else {
+    // A pod's listener serves only that pod's workload (its netns holds no other).
+    let owned = |w: &&Arc<Workload>| pod.as_ref().is_none_or(|p| p.owns(w));
+    let Some(workload) = state.local_workload(local.ip()).filter(owned).cloned() else {
         shard.reject(Rejection::NoWorkload);
         return;
     };
@@ -129,6 +137,7 @@ async fn hbone_connection(
         peer,
         local,
         identity,
+        pod,
     });
     Box::pin(serve_streams(shard, pc, conn)).await;
     // The connection's slots and table entry are held until it has fully closed.
@@ -233,7 +242,7 @@ async fn connect_stream(
         Err(r) => Err(r),
     };
     let upstream = match checked {
-        Ok((w, target)) => connect_app(&shard, pc.peer, target)
+        Ok((w, target)) => connect_app(&shard, pc.peer, target, pc.pod.as_deref())
             .await
             .map(|s| (w, target, s)),
         Err(r) => Err(r),
@@ -421,6 +430,7 @@ async fn connect_app(
     shard: &ShardRef,
     client: SocketAddr,
     target: SocketAddr,
+    pod: Option<&Pod>,
 ) -> Result<TcpStream, Refusal> {
     let fail = |e: std::io::Error| {
         refuse(
@@ -430,8 +440,11 @@ async fn connect_app(
             format!("connect {target}: {e}"),
         )
     };
-    let src = shard.settings.upstream.transparent.then_some(client.ip());
-    let sock = sockets::upstream(target, src, shard.settings.upstream).map_err(fail)?;
+    // In a pod, the app's replies to a foreign source would be routed out of the pod, not
+    // back to us: the in-pod route that returns them (Istio's mark 0x539 → table 100) is not
+    // part of eBPF capture, so the app sees the pod's own address there.
+    let src = (shard.settings.upstream.transparent && pod.is_none()).then_some(client.ip());
+    let sock = sockets::upstream_in(pod, target, src, shard.settings.upstream).map_err(fail)?;
     match zmesh_rt::timeout(
         shard.settings.connect_timeout,
         TcpStream::connect(sock, target),
@@ -446,12 +459,16 @@ async fn connect_app(
 
 /// Serves plaintext from outside the mesh on one local workload address (15006): no peer
 /// identity, so STRICT PeerAuthentication (a converted DENY policy) refuses it.
-pub async fn serve_plaintext(shard: ShardRef, listener: TcpListener) {
+///
+/// In an enrolled pod (`pod`), eBPF capture keeps the original destination port, so what
+/// makes a connection inbound plaintext is the listener that accepted it, not the port.
+pub async fn serve_plaintext(shard: ShardRef, listener: TcpListener, pod: Option<PodRef>) {
     loop {
         let Some((stream, peer, guard)) = accept(&shard, &listener).await else {
             continue;
         };
-        zmesh_rt::spawn(plaintext_connection(shard.clone(), stream, peer, guard)).detach();
+        let conn = plaintext_connection(shard.clone(), stream, peer, guard, pod.clone());
+        zmesh_rt::spawn(conn).detach();
     }
 }
 
@@ -460,6 +477,7 @@ async fn plaintext_connection(
     stream: TcpStream,
     peer: SocketAddr,
     guard: ConnGuard,
+    pod: Option<PodRef>,
 ) {
     let _guard = guard;
     let start = Instant::now();
@@ -477,7 +495,8 @@ async fn plaintext_connection(
             format!("{target} is a proxy port"),
         ))
     } else {
-        match state.local_workload(target.ip()).cloned() {
+        let owned = |w: &&Arc<Workload>| pod.as_ref().is_none_or(|p| p.owns(w));
+        match state.local_workload(target.ip()).filter(owned).cloned() {
             None => Err(refuse(
                 STATUS_UNAVAILABLE,
                 Rejection::NoWorkload,
@@ -491,7 +510,7 @@ async fn plaintext_connection(
         }
     };
     let upstream = match checked {
-        Ok(()) => connect_app(&shard, peer, target).await,
+        Ok(()) => connect_app(&shard, peer, target, pod.as_deref()).await,
         Err(r) => Err(r),
     };
     let upstream = match upstream {

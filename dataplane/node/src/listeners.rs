@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 
 use zmesh_rt::{Task, TcpListener};
 
-use crate::inbound;
-use crate::shard::{NetNs, ShardRef, WorkloadListeners};
+use crate::podns::PodRef;
+use crate::shard::{NetNs, PodSockets, ShardRef, WorkloadListeners};
 use crate::sockets;
+use crate::{inbound, outbound};
 
 /// The plaintext inbound port.
 pub const PLAINTEXT_PORT: u16 = 15006;
@@ -41,9 +42,9 @@ impl Dynamic {
                     }
                 };
                 let task = if port == PLAINTEXT_PORT {
-                    zmesh_rt::spawn(inbound::serve_plaintext(shard.clone(), l))
+                    zmesh_rt::spawn(inbound::serve_plaintext(shard.clone(), l, None))
                 } else {
-                    zmesh_rt::spawn(inbound::serve_hbone(shard.clone(), l))
+                    zmesh_rt::spawn(inbound::serve_hbone(shard.clone(), l, None))
                 };
                 tasks.push(task);
             }
@@ -56,5 +57,58 @@ impl Dynamic {
         if self.by_uid.remove(uid).is_some() {
             tracing::debug!(shard, uid, "workload listeners closed");
         }
+    }
+}
+
+/// One shard's listeners of enrolled pods (in-pod mode), by pod id. Connections accepted on
+/// them carry the pod, so they are served and dialed from inside its netns.
+#[derive(Default)]
+pub struct Pods {
+    by_id: HashMap<u64, Vec<Task<()>>>,
+}
+
+impl Pods {
+    pub fn listen(&mut self, shard: &ShardRef, pod: PodRef, sockets: PodSockets) {
+        let mut tasks = Vec::new();
+        let mut register = |s: socket2::Socket| match TcpListener::from_socket(s) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(shard = shard.id, pod = %pod.uid, error = %e, "cannot register pod listener");
+                None
+            }
+        };
+        let PodSockets {
+            outbound,
+            plaintext,
+            hbone,
+        } = sockets;
+        for l in outbound.into_iter().filter_map(&mut register) {
+            let p = Some(pod.clone());
+            tasks.push(zmesh_rt::spawn(outbound::serve_captured(
+                shard.clone(),
+                l,
+                p,
+            )));
+        }
+        for l in plaintext.into_iter().filter_map(&mut register) {
+            let p = Some(pod.clone());
+            tasks.push(zmesh_rt::spawn(inbound::serve_plaintext(
+                shard.clone(),
+                l,
+                p,
+            )));
+        }
+        for l in hbone.into_iter().filter_map(&mut register) {
+            let p = Some(pod.clone());
+            tasks.push(zmesh_rt::spawn(inbound::serve_hbone(shard.clone(), l, p)));
+        }
+        tracing::debug!(shard = shard.id, pod = %pod.uid, listeners = tasks.len(), "pod listeners open");
+        self.by_id.insert(pod.id, tasks);
+    }
+
+    pub fn unlisten(&mut self, shard: &ShardRef, id: u64) {
+        self.by_id.remove(&id);
+        shard.pool.remove_pod(id, shard.stats());
+        tracing::debug!(shard = shard.id, pod = id, "pod listeners closed");
     }
 }

@@ -14,6 +14,7 @@ mod inbound;
 mod listeners;
 mod metrics;
 mod outbound;
+mod podns;
 mod pool;
 mod relay;
 mod shard;
@@ -22,6 +23,7 @@ mod socks5;
 mod state;
 mod telemetry;
 mod xds;
+mod zds;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +73,7 @@ fn raise_nofile_limit() {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    podns::init_host().context("recording the host network namespace")?;
     let mut state = NodeState {
         mesh: Arc::new(zmesh_state::Snapshot::empty()),
         certs: Default::default(),
@@ -117,8 +120,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n = args.shards.unwrap_or(cores.len().max(1)).max(1);
+    // In-pod mode: local workloads are served in their pods' netns once enrolled, not here.
+    let capturer = match &args.zds_socket {
+        Some(path) => Some(in_pod_setup(path, &args)?),
+        None => None,
+    };
     let listen_addrs: Vec<SocketAddr> = local
         .iter()
+        .filter(|_| capturer.is_none())
         .flat_map(|w| w.workload_ips.iter().copied())
         .map(|ip| SocketAddr::new(ip, 0))
         .collect();
@@ -164,17 +173,28 @@ fn run(args: Args) -> anyhow::Result<()> {
         threads.push(shard::spawn(spec).with_context(|| format!("starting shard {id}"))?);
     }
     tracing::info!(shards = n, driver = %driver, "node proxy started");
+    let pod_metrics = match (capturer, &args.zds_socket) {
+        (Some(capturer), Some(path)) => {
+            let m = Arc::new(zds::PodMetrics::default());
+            let pods = zds::Pods::new(senders.clone(), capturer, m.clone());
+            zds::spawn(path.clone(), pods).context("starting the ZDS client")?;
+            Some(m)
+        }
+        _ => None,
+    };
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let xds_parts = xds.map(|x| x.start(shared.clone(), senders.clone()));
+        let host_listeners = args.zds_socket.is_none();
+        let xds_parts = xds.map(|x| x.start(shared.clone(), senders.clone(), host_listeners));
         let ctl = Arc::new(admin::Control {
             state: shared.clone(),
             registry: metrics::registry(
                 mesh_metrics,
                 xds_parts.as_ref().map(|x| x.metrics.clone()),
+                pod_metrics,
                 env!("CARGO_PKG_VERSION"),
             ),
             shards: senders.clone(),
@@ -210,6 +230,38 @@ fn run(args: Args) -> anyhow::Result<()> {
         let _ = t.join();
     }
     Ok(())
+}
+
+/// In-pod mode: chooses the capture back end (eBPF, else nftables; logged) before any pod can
+/// be enrolled. The proxy's own cgroup gets the proxy-side hooks: it must hold only the proxy.
+fn in_pod_setup(zds: &std::path::Path, args: &Args) -> anyhow::Result<zmesh_ebpf::Capturer> {
+    use zmesh_ebpf::{Capturer, LoadConfig, nftables::Nftables};
+    let capturer = match args.capture.as_str() {
+        "ebpf" => zmesh_ebpf::Capture::load(LoadConfig::default())
+            .map(Capturer::Ebpf)
+            .context("eBPF capture (--capture ebpf)")?,
+        "nftables" => {
+            Nftables::detect().context("nftables capture (--capture nftables)")?;
+            let ports = zmesh_ebpf::Ports::default();
+            // The rules skip packets with our mark, so they must use the one our sockets carry.
+            Capturer::Nftables(Nftables::new(ports, args.packet_mark))
+        }
+        _ => Capturer::choose(LoadConfig::default())
+            .context("no traffic capture available for in-pod mode")?,
+    };
+    tracing::info!(backend = capturer.name(), zds = %zds.display(), "in-pod mode: pods enroll over ZDS");
+    if let zmesh_ebpf::Capturer::Ebpf(_) = capturer {
+        match podns::cgroup_neighbours() {
+            Ok(pids) if !pids.is_empty() => tracing::warn!(
+                ?pids,
+                "other processes share the proxy's cgroup: their sockets count as the proxy's \
+                 for capture; run the proxy in a cgroup of its own"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot check the proxy's cgroup"),
+        }
+    }
+    Ok(capturer)
 }
 
 fn cert_source(args: &Args) -> anyhow::Result<CertSource> {
@@ -283,7 +335,12 @@ fn xds_setup(args: &Args, url: &str) -> anyhow::Result<XdsSetup> {
 
 impl XdsSetup {
     /// Starts the xDS client and the control loop on the current (control thread) runtime.
-    fn start(self, state: state::SharedState, shards: Vec<zmesh_rt::Sender<Command>>) -> XdsParts {
+    fn start(
+        self,
+        state: state::SharedState,
+        shards: Vec<zmesh_rt::Sender<Command>>,
+        host_listeners: bool,
+    ) -> XdsParts {
         let parts = XdsParts {
             status: Arc::new(std::sync::Mutex::new(xds::XdsStatus {
                 address: self.xds.url().to_owned(),
@@ -307,6 +364,7 @@ impl XdsSetup {
             ca: self.ca,
             pending: parts.pending.clone(),
             updates: rx,
+            host_listeners,
         };
         tokio::spawn(ctl.run());
         parts

@@ -252,6 +252,7 @@ pub fn new(n: usize) -> (Arc<MeshMetrics>, Vec<ShardMetrics>) {
 pub fn registry(
     mesh: Arc<MeshMetrics>,
     xds: Option<Arc<crate::xds::XdsMetrics>>,
+    pods: Option<Arc<crate::zds::PodMetrics>>,
     version: &str,
 ) -> Registry {
     let mut r = Registry::default();
@@ -262,6 +263,9 @@ pub fn registry(
     }));
     if let Some(xds) = xds {
         istio.register_collector(Box::new(XdsCollector(xds)));
+    }
+    if let Some(pods) = pods {
+        istio.register_collector(Box::new(crate::zds::PodCollector(pods)));
     }
     r.sub_registry_with_prefix("zmesh")
         .register_collector(Box::new(ShardCollector(mesh)));
@@ -290,7 +294,7 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
-fn counter<L: EncodeLabelSet>(
+pub(crate) fn counter<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
@@ -303,7 +307,7 @@ fn counter<L: EncodeLabelSet>(
     Ok(())
 }
 
-fn gauge<L: EncodeLabelSet>(
+pub(crate) fn gauge<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,

@@ -20,6 +20,7 @@ use zmesh_rt::{TcpListener, TcpStream};
 use zmesh_state::{Resolution, Service, Workload};
 
 use crate::metrics::{Rejection, TrafficCounters, TrafficLabels};
+use crate::podns::{Pod, PodRef};
 use crate::pool::{Checkout, PoolKey, PooledConn};
 use crate::relay::{self, Accounting};
 use crate::shard::{ConnGuard, ShardRef};
@@ -28,17 +29,21 @@ use crate::state::NodeState;
 use crate::{sockets, telemetry};
 
 /// Accepts connections redirected by capture (original destination from SO_ORIGINAL_DST).
-pub async fn serve_captured(shard: ShardRef, listener: TcpListener) {
+/// On an enrolled pod's listener (`pod`), the source workload is that pod's, whatever the
+/// client address (eBPF capture connects the app to loopback).
+pub async fn serve_captured(shard: ShardRef, listener: TcpListener, pod: Option<PodRef>) {
     loop {
         let Some((stream, client, guard)) = crate::inbound::accept(&shard, &listener).await else {
             continue;
         };
         let shard = shard.clone();
+        let pod = pod.clone();
         zmesh_rt::spawn(async move {
             let local = match stream.local_addr() {
                 Ok(l) => l,
                 Err(_) => return,
             };
+            let client = pod_source(pod.as_deref(), client, local);
             match sockets::original_dst(stream.socket(), local) {
                 Ok(dst) if dst != local => {
                     outbound(
@@ -50,6 +55,7 @@ pub async fn serve_captured(shard: ShardRef, listener: TcpListener) {
                         client,
                         dst,
                         guard,
+                        pod,
                     )
                     .await
                 }
@@ -61,6 +67,19 @@ pub async fn serve_captured(shard: ShardRef, listener: TcpListener) {
         })
         .detach();
     }
+}
+
+/// The address a captured app connected from. eBPF capture connects the app to loopback, so
+/// on a pod's listener the source is then the pod's own address of that family (what the
+/// CONNECT's `forwarded` header and the logs show; nftables' REDIRECT keeps it already).
+fn pod_source(pod: Option<&Pod>, client: SocketAddr, local: SocketAddr) -> SocketAddr {
+    let Some(pod) = pod.filter(|_| client.ip().is_loopback()) else {
+        return client;
+    };
+    pod.ips
+        .get()
+        .and_then(|ips| ips.iter().find(|ip| ip.is_ipv4() == local.is_ipv4()))
+        .map_or(client, |ip| SocketAddr::new(*ip, client.port()))
 }
 
 /// Accepts SOCKS5 clients.
@@ -97,7 +116,7 @@ pub async fn serve_socks5(shard: ShardRef, listener: TcpListener) {
                 socks: true,
             };
             match dst {
-                Some(dst) => outbound(&shard, down, client, dst, guard).await,
+                Some(dst) => outbound(&shard, down, client, dst, guard, None).await,
                 None => {
                     shard.reject(Rejection::Socks5);
                     down.fail(socks5::HOST_UNREACHABLE).await;
@@ -201,22 +220,30 @@ async fn outbound(
     client: SocketAddr,
     dst: SocketAddr,
     mut guard: ConnGuard,
+    pod: Option<PodRef>,
 ) {
     let start = Instant::now();
     let state = shard.state.load_full();
     let mut labels = TrafficLabels::new("source");
     guard.track("outbound", client, dst, None);
     let result = async {
-        let src = state
-            .local_workload(client.ip())
-            .cloned()
-            .ok_or(OutboundError::UnknownSource(client))?;
+        let src = match &pod {
+            Some(p) => state.pod_workload(p),
+            None => state.local_workload(client.ip()),
+        }
+        .cloned()
+        .ok_or(OutboundError::UnknownSource(client))?;
         telemetry::set_source(&mut labels, &src, &state.cluster_id);
         let resolution = state
             .mesh
             .resolve(&state.network, dst, rand::random())
             .map_err(|e| OutboundError::Resolve(e.to_string()))?;
-        connect_upstream(shard, &state, &src, client, resolution, &mut labels).await
+        let from = Source {
+            workload: &src,
+            client,
+            pod: pod.as_ref(),
+        };
+        connect_upstream(shard, &state, &from, resolution, &mut labels).await
     }
     .await;
     let upstream = match result {
@@ -280,14 +307,39 @@ fn stats_arc(shard: &ShardRef) -> Arc<crate::metrics::ShardStats> {
     shard.metrics.stats.clone()
 }
 
+/// Who an outbound connection is from.
+struct Source<'a> {
+    workload: &'a Arc<Workload>,
+    client: SocketAddr,
+    /// The enrolled pod whose listener accepted it (in-pod mode).
+    pod: Option<&'a PodRef>,
+}
+
+impl Source<'_> {
+    /// The address tunnels leave from: the client's, or in a pod the pod's own address of the
+    /// destination's family (the client is the app on loopback).
+    fn ip_for(&self, dst: SocketAddr) -> std::net::IpAddr {
+        match self.pod {
+            None => self.client.ip(),
+            Some(_) => self
+                .workload
+                .workload_ips
+                .iter()
+                .copied()
+                .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+                .unwrap_or(self.client.ip()),
+        }
+    }
+}
+
 async fn connect_upstream(
     shard: &ShardRef,
     state: &NodeState,
-    src: &Arc<Workload>,
-    client: SocketAddr,
+    from: &Source<'_>,
     resolution: Resolution,
     labels: &mut TrafficLabels,
 ) -> Result<Upstream, OutboundError> {
+    let (src, client) = (from.workload, from.client);
     match resolution {
         Resolution::Hbone {
             workload,
@@ -307,10 +359,17 @@ async fn connect_upstream(
                 src_id: src.identity(),
                 dst_ids: identities,
                 dst: hbone_addr,
-                src_ip: client.ip(),
+                src_ip: from.ip_for(hbone_addr),
+                pod: from.pod.map(|p| p.id),
+            };
+            let tunnel = Tunnel {
+                key: &key,
+                target,
+                client,
+                pod: from.pod,
             };
             let (send, recv, checkout) =
-                open_tunnel(shard, state, src, &key, target, client, service.as_deref()).await?;
+                open_tunnel(shard, state, src, &tunnel, service.as_deref()).await?;
             Ok(Upstream::Tunnel(send, recv, checkout))
         }
         Resolution::Plain {
@@ -324,19 +383,25 @@ async fn connect_upstream(
                 service.as_deref(),
                 &state.cluster_id,
             );
-            Ok(Upstream::Plain(connect_plain(shard, target).await?))
+            Ok(Upstream::Plain(
+                connect_plain(shard, target, from.pod.map(|p| &**p)).await?,
+            ))
         }
-        Resolution::Passthrough { target } => {
-            Ok(Upstream::Plain(connect_plain(shard, target).await?))
-        }
+        Resolution::Passthrough { target } => Ok(Upstream::Plain(
+            connect_plain(shard, target, from.pod.map(|p| &**p)).await?,
+        )),
     }
 }
 
-async fn connect_plain(shard: &ShardRef, target: SocketAddr) -> Result<TcpStream, OutboundError> {
+async fn connect_plain(
+    shard: &ShardRef,
+    target: SocketAddr,
+    pod: Option<&Pod>,
+) -> Result<TcpStream, OutboundError> {
     if sockets::ILLEGAL_PORTS.contains(&target.port()) && is_local(shard, target) {
         return Err(OutboundError::Resolve(format!("{target} is a proxy port")));
     }
-    let sock = sockets::upstream(target, None, shard.settings.upstream)
+    let sock = sockets::upstream_in(pod, target, None, shard.settings.upstream)
         .map_err(|e| OutboundError::Connect(target, e))?;
     match zmesh_rt::timeout(
         shard.settings.connect_timeout,
@@ -357,19 +422,30 @@ fn is_local(shard: &ShardRef, target: SocketAddr) -> bool {
     shard.state.load().local_workload(target.ip()).is_some()
 }
 
+/// Where a tunnel goes and for whom.
+struct Tunnel<'a> {
+    key: &'a PoolKey,
+    target: SocketAddr,
+    client: SocketAddr,
+    pod: Option<&'a PodRef>,
+}
+
 /// A CONNECT stream on a pooled connection, answered 200.
 async fn open_tunnel(
     shard: &ShardRef,
     state: &NodeState,
     src: &Workload,
-    key: &PoolKey,
-    target: SocketAddr,
-    client: SocketAddr,
+    t: &Tunnel<'_>,
     service: Option<&Service>,
 ) -> Result<(SendStream<Bytes>, RecvStream, Checkout), OutboundError> {
+    let (key, target, client) = (t.key, t.target, t.client);
     let checkout = shard
         .pool
-        .checkout(key, || dial(shard.clone(), key.clone()), shard.stats())
+        .checkout(
+            key,
+            || dial(shard.clone(), key.clone(), t.pod.cloned()),
+            shard.stats(),
+        )
         .await
         .map_err(|e| classify_dial(key.dst, e))?;
     let h2err = |e: h2::Error| OutboundError::H2(key.dst, e.to_string());
@@ -432,14 +508,19 @@ fn classify_dial(dst: SocketAddr, e: io::Error) -> OutboundError {
 
 /// A new HBONE connection: TCP from the client's address, mTLS as the source identity
 /// expecting one of the destination identities, then the HTTP/2 handshake.
-async fn dial(shard: ShardRef, key: PoolKey) -> io::Result<PooledConn> {
+async fn dial(shard: ShardRef, key: PoolKey, pod: Option<PodRef>) -> io::Result<PooledConn> {
     let state = shard.state.load_full();
     let cert = state
         .cert(&key.src_id)
         .ok_or_else(|| dial_err("tls", format!("no certificate for {}", key.src_id)))?;
     let cfg =
         tls::client_config(&cert.cert, key.dst_ids.clone()).map_err(|e| dial_err("tls", e))?;
-    let sock = sockets::upstream(key.dst, Some(key.src_ip), shard.settings.upstream)?;
+    let sock = sockets::upstream_in(
+        pod.as_deref(),
+        key.dst,
+        Some(key.src_ip),
+        shard.settings.upstream,
+    )?;
     let tcp = match zmesh_rt::timeout(
         shard.settings.connect_timeout,
         TcpStream::connect(sock, key.dst),

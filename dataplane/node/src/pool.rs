@@ -30,6 +30,9 @@ pub struct PoolKey {
     pub dst_ids: Vec<Identity>,
     pub dst: SocketAddr,
     pub src_ip: IpAddr,
+    /// The enrolled pod the connection is dialed from (in-pod mode: every pod has its own
+    /// pool, since its sockets live in its own netns).
+    pub pod: Option<u64>,
 }
 
 /// One pooled HTTP/2 connection.
@@ -179,6 +182,21 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Forgets a removed pod's connections: idle ones close now, busy ones when their last
+    /// stream ends.
+    pub fn remove_pod(&self, pod: u64, stats: &ShardStats) {
+        let mut entries = self.entries.borrow_mut();
+        let mut removed = 0i64;
+        entries.retain(|k, e| {
+            let keep = k.pod != Some(pod);
+            if !keep {
+                removed += e.conns.len() as i64;
+            }
+            keep
+        });
+        ShardStats::gauge_add(&stats.hbone_connections_open, -removed);
     }
 
     /// Drops closed connections and those idle past the timeout.

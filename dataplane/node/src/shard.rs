@@ -17,6 +17,7 @@ use zmesh_rt::{Runtime, RuntimeConfig, TcpListener};
 use zmesh_state::{Connection, Decision, Identity};
 
 use crate::metrics::{Rejection, ShardMetrics, ShardStats};
+use crate::podns::PodRef;
 use crate::pool::Pool;
 use crate::sockets::UpstreamOpts;
 use crate::state::SharedState;
@@ -48,7 +49,18 @@ pub struct ShardSockets {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetNs {
     /// The node proxy's own namespace (pod addresses routed to the node, or loopback).
+    /// (An enrolled pod's listeners live in its own netns: they are opened there by the ZDS
+    /// thread and handed over ready-made with [`Command::ListenPod`], with the pod.)
     Host,
+}
+
+/// One shard's listeners inside a pod's netns, already bound and listening: outbound capture
+/// (15001, v4 and v6 loopback), inbound plaintext (15006) and HBONE (15008).
+#[derive(Debug, Default)]
+pub struct PodSockets {
+    pub outbound: Vec<Socket>,
+    pub plaintext: Vec<Socket>,
+    pub hbone: Vec<Socket>,
 }
 
 /// The inbound listeners (HBONE 15008, plaintext 15006) of one local workload.
@@ -68,6 +80,18 @@ pub enum Command {
     Listen(WorkloadListeners),
     /// Close the listeners of the workload with this uid; its open connections go on.
     Unlisten { uid: String },
+    /// Serve an enrolled pod's listeners; answers on `done` once they are registered.
+    ListenPod {
+        pod: PodRef,
+        sockets: PodSockets,
+        done: std::sync::mpsc::Sender<()>,
+    },
+    /// Close a pod's listeners and drop its idle pooled connections (open connections finish);
+    /// answers on `done`.
+    UnlistenPod {
+        id: u64,
+        done: std::sync::mpsc::Sender<()>,
+    },
     /// The policies changed: authorize every open inbound connection again and close the
     /// ones now denied.
     RecheckPolicy,
@@ -368,13 +392,25 @@ fn run(rt: Runtime, spec: ShardSpec) {
             }
         };
         for l in sockets.hbone.into_iter().filter_map(listen) {
-            tasks.push(zmesh_rt::spawn(inbound::serve_hbone(shard.clone(), l)));
+            tasks.push(zmesh_rt::spawn(inbound::serve_hbone(
+                shard.clone(),
+                l,
+                None,
+            )));
         }
         for l in sockets.plaintext.into_iter().filter_map(listen) {
-            tasks.push(zmesh_rt::spawn(inbound::serve_plaintext(shard.clone(), l)));
+            tasks.push(zmesh_rt::spawn(inbound::serve_plaintext(
+                shard.clone(),
+                l,
+                None,
+            )));
         }
         if let Some(l) = sockets.outbound.and_then(listen) {
-            tasks.push(zmesh_rt::spawn(outbound::serve_captured(shard.clone(), l)));
+            tasks.push(zmesh_rt::spawn(outbound::serve_captured(
+                shard.clone(),
+                l,
+                None,
+            )));
         }
         if let Some(l) = sockets.socks5.and_then(listen) {
             tasks.push(zmesh_rt::spawn(outbound::serve_socks5(shard.clone(), l)));
@@ -383,6 +419,7 @@ fn run(rt: Runtime, spec: ShardSpec) {
         ready.fetch_add(1, Ordering::SeqCst);
         tracing::debug!(shard = id, "serving");
         let mut workloads = crate::listeners::Dynamic::default();
+        let mut pods = crate::listeners::Pods::default();
         while let Some(cmd) = commands.recv().await {
             match cmd {
                 Command::Connections(reply) => {
@@ -396,6 +433,14 @@ fn run(rt: Runtime, spec: ShardSpec) {
                 }
                 Command::Listen(spec) => workloads.listen(&shard, spec),
                 Command::Unlisten { uid } => workloads.unlisten(id, &uid),
+                Command::ListenPod { pod, sockets, done } => {
+                    pods.listen(&shard, pod, sockets);
+                    let _ = done.send(());
+                }
+                Command::UnlistenPod { id: pod, done } => {
+                    pods.unlisten(&shard, pod);
+                    let _ = done.send(());
+                }
                 Command::RecheckPolicy => shard.recheck_policy(),
                 Command::Stop => break,
             }
@@ -403,6 +448,7 @@ fn run(rt: Runtime, spec: ShardSpec) {
         // Stop accepting, then give open connections a grace period to finish.
         drop(tasks);
         drop(workloads);
+        drop(pods);
         let deadline = Instant::now() + DRAIN_DEADLINE;
         while shard.open.get() > 0 && Instant::now() < deadline {
             zmesh_rt::sleep(Duration::from_millis(20)).await;

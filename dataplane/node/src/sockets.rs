@@ -16,6 +16,11 @@ pub const ILLEGAL_PORTS: [u16; 4] = [15001, 15006, 15008, 15080];
 /// A listener for one shard. Every shard binds the same address with SO_REUSEPORT and the
 /// kernel spreads new connections across them. A wildcard IPv6 address accepts IPv4 too.
 pub fn listener(addr: SocketAddr) -> io::Result<Socket> {
+    listener_with(addr, !addr.ip().is_unspecified())
+}
+
+/// A listener; an IPv6 one takes only IPv6 when `v6_only`, else IPv4 too.
+pub fn listener_with(addr: SocketAddr, v6_only: bool) -> io::Result<Socket> {
     let s = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
@@ -24,7 +29,7 @@ pub fn listener(addr: SocketAddr) -> io::Result<Socket> {
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     if addr.is_ipv6() {
-        s.set_only_v6(!addr.ip().is_unspecified())?;
+        s.set_only_v6(v6_only)?;
     }
     // Workload addresses need not be configured on this host (pods' IPs in dedicated mode).
     if addr.is_ipv4() {
@@ -76,6 +81,17 @@ pub fn upstream(dst: SocketAddr, src: Option<IpAddr>, opts: UpstreamOpts) -> io:
         }
     }
     Ok(s)
+}
+
+/// `upstream`, with the socket made in `pod`'s netns when given (the pod's own address is local
+/// there, so binding to it needs no IP_TRANSPARENT).
+pub fn upstream_in(
+    pod: Option<&crate::podns::Pod>,
+    dst: SocketAddr,
+    src: Option<IpAddr>,
+    opts: UpstreamOpts,
+) -> io::Result<Socket> {
+    crate::podns::in_pod(pod, || upstream(dst, src, opts))
 }
 
 /// The destination the app asked for before capture redirected it (SO_ORIGINAL_DST).

@@ -46,6 +46,20 @@ impl NodeState {
             .filter(|w| w.node == self.node_name)
     }
 
+    /// The local workload of an enrolled pod, matched by namespace and name (the node agent
+    /// knows the pod by its Kubernetes uid, not the workload's uid): found by the pod's
+    /// addresses, else by a scan of the local workloads.
+    pub fn pod_workload(&self, pod: &crate::podns::Pod) -> Option<&Arc<Workload>> {
+        let by_ip = pod
+            .ips
+            .get()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| self.local_workload(*ip))
+            .find(|w| pod.owns(w));
+        by_ip.or_else(|| self.local_workloads().find(|w| pod.owns(w)))
+    }
+
     pub fn cert(&self, id: &Identity) -> Option<&Arc<IdentityCert>> {
         self.certs.get(id)
     }
