@@ -218,7 +218,12 @@ fn probe(shape: &Shape) -> String {
     );
     let [a, b] = shape.probe_servers();
     let pods = [
-        ("probe-client", "probe-client", "node-a", shape.probe_client()),
+        (
+            "probe-client",
+            "probe-client",
+            "node-a",
+            shape.probe_client(),
+        ),
         ("probe-server-a", "probe-server", "node-a", a),
         ("probe-server-b", "probe-server", "node-b", b),
     ];
@@ -271,10 +276,19 @@ mod tests {
         assert_eq!((s.apps(), s.namespaces()), (100, 4));
         let p = pods(&s);
         assert_eq!(p.matches("kind: Pod\n").count(), 1000);
-        assert_eq!(policies(&s).matches("kind: AuthorizationPolicy").count(), 100);
+        assert_eq!(
+            policies(&s).matches("kind: AuthorizationPolicy").count(),
+            100
+        );
         assert_eq!(apps(&s).matches("kind: Service\n").count(), 100);
-        assert!(p.contains("podIP: 198.18.3.232"), "pod 999 is 198.18.0.1 + 999");
-        assert!(!p.contains("node-a") && !p.contains("127."), "generated pods are config only");
+        assert!(
+            p.contains("podIP: 198.18.3.232"),
+            "pod 999 is 198.18.0.1 + 999"
+        );
+        assert!(
+            !p.contains("node-a") && !p.contains("127."),
+            "generated pods are config only"
+        );
     }
 
     #[test]

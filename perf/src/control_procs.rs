@@ -216,7 +216,9 @@ impl XdsCounters {
     /// What arrived between `before` and `self`.
     pub fn since(&self, before: &XdsCounters) -> XdsCounters {
         XdsCounters {
-            address_messages: self.address_messages.saturating_sub(before.address_messages),
+            address_messages: self
+                .address_messages
+                .saturating_sub(before.address_messages),
             address_bytes: self.address_bytes.saturating_sub(before.address_bytes),
             authorization_messages: self
                 .authorization_messages

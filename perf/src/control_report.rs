@@ -106,29 +106,89 @@ type Row = (&'static str, Box<dyn Fn(&RunRecord) -> String>);
 
 fn rows() -> Vec<Row> {
     vec![
-        ("DENY policy added → enforced on both nodes (ms)", Box::new(|r| cell(r.policy_of(|p| p.apply_s * 1e3)))),
-        ("DENY policy deleted → both nodes serve again (ms)", Box::new(|r| cell(r.policy_of(|p| p.delete_s * 1e3)))),
-        ("one-pod change → both nodes received it (ms)", Box::new(|r| cell(r.of(|o| o.both_nodes_s * 1e3)))),
-        ("full initial push, Address bytes (node-a)", Box::new(|r| one(r.initial[0].address_bytes as f64))),
-        ("full initial push, Authorization bytes (node-a)", Box::new(|r| one(r.initial[0].authorization_bytes as f64))),
-        ("full initial push, xDS messages (node-a)", Box::new(|r| one(r.initial[0].all_messages as f64))),
-        ("one-pod change, Address bytes (node-a)", Box::new(|r| cell(r.of(|o| o.node_a.address_bytes as f64)))),
-        ("one-pod change, Address bytes (node-b)", Box::new(|r| cell(r.of(|o| o.node_b.address_bytes as f64)))),
-        ("one-pod change, all xDS bytes (node-a)", Box::new(|r| cell(r.of(|o| o.node_a.all_bytes as f64)))),
-        ("one-pod change, xDS messages (node-a)", Box::new(|r| cell(r.of(|o| o.node_a.all_messages as f64)))),
-        ("full push ÷ one-pod change, Address bytes (node-a)", Box::new(|r| {
-            let full = r.initial[0].address_bytes as f64;
-            cell(r.of(|o| full / (o.node_a.address_bytes.max(1) as f64)))
-        })),
-        ("controller start → listening (s)", Box::new(|r| one(r.control_listening_s))),
-        ("controller start → both nodes ready (s)", Box::new(|r| one(r.nodes_ready_s))),
-        ("controller start → full push done (s)", Box::new(|r| one(r.first_full_push_s))),
-        ("controller CPU, start-up and initial push (s)", Box::new(|r| one(r.control_cpu_initial_s))),
-        ("controller CPU per one-pod change (s)", Box::new(|r| cell(r.of(|o| o.control_cpu_s)))),
-        ("controller VmRSS after the initial push (MiB)", Box::new(|r| one(mib(r.control_memory_started.vm_rss_kib)))),
-        ("controller VmRSS at the end (MiB)", Box::new(|r| one(mib(r.control_memory_end.vm_rss_kib)))),
-        ("controller VmHWM at the end (MiB)", Box::new(|r| one(mib(r.control_memory_end.vm_hwm_kib)))),
-        ("node-a VmRSS at the end (MiB)", Box::new(|r| one(mib(r.node_memory_end[0].vm_rss_kib)))),
+        (
+            "DENY policy added → enforced on both nodes (ms)",
+            Box::new(|r| cell(r.policy_of(|p| p.apply_s * 1e3))),
+        ),
+        (
+            "DENY policy deleted → both nodes serve again (ms)",
+            Box::new(|r| cell(r.policy_of(|p| p.delete_s * 1e3))),
+        ),
+        (
+            "one-pod change → both nodes received it (ms)",
+            Box::new(|r| cell(r.of(|o| o.both_nodes_s * 1e3))),
+        ),
+        (
+            "full initial push, Address bytes (node-a)",
+            Box::new(|r| one(r.initial[0].address_bytes as f64)),
+        ),
+        (
+            "full initial push, Authorization bytes (node-a)",
+            Box::new(|r| one(r.initial[0].authorization_bytes as f64)),
+        ),
+        (
+            "full initial push, xDS messages (node-a)",
+            Box::new(|r| one(r.initial[0].all_messages as f64)),
+        ),
+        (
+            "one-pod change, Address bytes (node-a)",
+            Box::new(|r| cell(r.of(|o| o.node_a.address_bytes as f64))),
+        ),
+        (
+            "one-pod change, Address bytes (node-b)",
+            Box::new(|r| cell(r.of(|o| o.node_b.address_bytes as f64))),
+        ),
+        (
+            "one-pod change, all xDS bytes (node-a)",
+            Box::new(|r| cell(r.of(|o| o.node_a.all_bytes as f64))),
+        ),
+        (
+            "one-pod change, xDS messages (node-a)",
+            Box::new(|r| cell(r.of(|o| o.node_a.all_messages as f64))),
+        ),
+        (
+            "full push ÷ one-pod change, Address bytes (node-a)",
+            Box::new(|r| {
+                let full = r.initial[0].address_bytes as f64;
+                cell(r.of(|o| full / (o.node_a.address_bytes.max(1) as f64)))
+            }),
+        ),
+        (
+            "controller start → listening (s)",
+            Box::new(|r| one(r.control_listening_s)),
+        ),
+        (
+            "controller start → both nodes ready (s)",
+            Box::new(|r| one(r.nodes_ready_s)),
+        ),
+        (
+            "controller start → full push done (s)",
+            Box::new(|r| one(r.first_full_push_s)),
+        ),
+        (
+            "controller CPU, start-up and initial push (s)",
+            Box::new(|r| one(r.control_cpu_initial_s)),
+        ),
+        (
+            "controller CPU per one-pod change (s)",
+            Box::new(|r| cell(r.of(|o| o.control_cpu_s))),
+        ),
+        (
+            "controller VmRSS after the initial push (MiB)",
+            Box::new(|r| one(mib(r.control_memory_started.vm_rss_kib))),
+        ),
+        (
+            "controller VmRSS at the end (MiB)",
+            Box::new(|r| one(mib(r.control_memory_end.vm_rss_kib))),
+        ),
+        (
+            "controller VmHWM at the end (MiB)",
+            Box::new(|r| one(mib(r.control_memory_end.vm_hwm_kib))),
+        ),
+        (
+            "node-a VmRSS at the end (MiB)",
+            Box::new(|r| one(mib(r.node_memory_end[0].vm_rss_kib))),
+        ),
     ]
 }
 

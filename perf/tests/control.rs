@@ -103,7 +103,10 @@ fn tiny_run_reports_propagation_bytes_and_scale() {
     let runs = json["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 2, "propagation run and scale run");
     let (main, scale) = (&runs[0], &runs[1]);
-    assert_eq!((f(&main["shape"]["pods"]), f(&scale["shape"]["pods"])), (50.0, 200.0));
+    assert_eq!(
+        (f(&main["shape"]["pods"]), f(&scale["shape"]["pods"])),
+        (50.0, 200.0)
+    );
 
     // Propagation: one add and one delete, both seen through the data path.
     let policy = main["policy"].as_array().expect("policy records");
@@ -117,7 +120,10 @@ fn tiny_run_reports_propagation_bytes_and_scale() {
         cell(&md, "DENY policy added → enforced on both nodes (ms)", 0),
         num(apply_ms)
     );
-    assert_eq!(cell(&md, "DENY policy added → enforced on both nodes (ms)", 1), "–");
+    assert_eq!(
+        cell(&md, "DENY policy added → enforced on both nodes (ms)", 1),
+        "–"
+    );
 
     // A one-pod change is pushed alone: a small fraction of the full set, on both nodes.
     for run in [main, scale] {
@@ -138,7 +144,10 @@ fn tiny_run_reports_propagation_bytes_and_scale() {
     }
     let full_50 = f(&main["initial"][0]["address_bytes"]);
     let full_200 = f(&scale["initial"][0]["address_bytes"]);
-    assert!(full_200 > 2.0 * full_50, "4× the pods, more than 2× the bytes");
+    assert!(
+        full_200 > 2.0 * full_50,
+        "4× the pods, more than 2× the bytes"
+    );
     for (col, run) in [main, scale].into_iter().enumerate() {
         assert_eq!(
             cell(&md, "one-pod change, Address bytes (node-a)", col),
@@ -149,7 +158,10 @@ fn tiny_run_reports_propagation_bytes_and_scale() {
             num(f(&run["initial"][0]["address_bytes"]))
         );
         let hwm = f(&run["control_memory_end"]["vm_hwm_kib"]) / 1024.0;
-        assert_eq!(cell(&md, "controller VmHWM at the end (MiB)", col), num(hwm));
+        assert_eq!(
+            cell(&md, "controller VmHWM at the end (MiB)", col),
+            num(hwm)
+        );
     }
 }
 
