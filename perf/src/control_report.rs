@@ -237,7 +237,8 @@ mod tests {
     #[test]
     fn cells() {
         assert_eq!(cell(None), "–");
-        assert_eq!(cell(spread(&[3.0, 1.0, 2.0])), "2.00 (1.00–3.00)");
+        assert_eq!(cell(spread(&[3.5, 1.25, 2.5])), "2.50 (1.25–3.50)");
+        assert_eq!(cell(spread(&[3.0, 1.0, 2.0])), "2 (1–3)");
         assert_eq!(cell(spread(&[150.0])), "150");
         assert_eq!(cell(spread(&[2.0])), "2", "counts print as integers");
     }
