@@ -27,6 +27,10 @@ pub enum Command {
     /// the plain relay, zmesh and any --proxy, interleaved and repeated, with the crypto
     /// ceiling; writes JSON, markdown and SVG plots to a results folder.
     Suite(Box<crate::suite_cli::SuiteArgs>),
+    /// The controller benchmark: a generated cluster in a config directory, zmesh-control and
+    /// two zmesh-nodes on loopback; policy propagation time through the data path, bytes of a
+    /// one-pod change against the full push, controller start-up, CPU and memory at scale.
+    Control(crate::control::ControlArgs),
     /// A deliberately slow TCP relay (a test double): every chunk is forwarded --delay after
     /// it was read, in each direction. Prints "listening <addr>" when ready.
     DelayProxy(crate::delay::DelayArgs),

@@ -1,5 +1,6 @@
 //! `zmesh-perf`: zmesh's benchmark driver. `suite` runs every scenario against no mesh, a
 //! plain relay, zmesh and any proxy the user names, and writes JSON, markdown and SVG plots;
+//! `control` benchmarks the controller (zmesh-control) with two node proxies;
 //! `loopback` runs the node proxy's benchmark on this
 //! machine's loopback (two zmesh-node processes, SOCKS5 in, HBONE between them) beside a direct
 //! connection and a plain TCP relay measured in the same run, and reports medians, ranges and
@@ -8,6 +9,10 @@
 
 mod bench;
 mod cli;
+mod control;
+mod control_gen;
+mod control_procs;
+mod control_report;
 mod crypto;
 mod delay;
 mod http;
@@ -42,6 +47,7 @@ fn main() -> ExitCode {
         Command::Loopback(args) => bench::loopback(args),
         Command::Relay(args) => relay::run(args),
         Command::Suite(args) => suite::suite(args),
+        Command::Control(args) => control::run(args),
         Command::DelayProxy(args) => delay::run(args),
         Command::Crypto { time } => print_crypto(*time),
     };
