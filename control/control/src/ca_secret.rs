@@ -74,7 +74,11 @@ impl CaSecret {
             return Ok((self.parse(&secret)?, Origin::Loaded));
         }
         let ca = DevCa::generate(ca_name).map_err(self.ca_err())?;
-        match self.api.create(&PostParams::default(), &self.secret(&ca)).await {
+        match self
+            .api
+            .create(&PostParams::default(), &self.secret(&ca))
+            .await
+        {
             Ok(_) => {
                 tracing::info!(namespace = %self.namespace, name = %self.name, "created the CA Secret");
                 Ok((ca, Origin::Created))

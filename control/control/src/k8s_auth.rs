@@ -91,7 +91,10 @@ impl TokenReviewAuth {
         TokenReviewAuth {
             client,
             audiences,
-            allowed_users: node_proxies.iter().map(ServiceAccountRef::username).collect(),
+            allowed_users: node_proxies
+                .iter()
+                .map(ServiceAccountRef::username)
+                .collect(),
             ttl: DEFAULT_CACHE_TTL,
             max_entries: DEFAULT_CACHE_ENTRIES,
             cache: Mutex::new(HashMap::new()),
