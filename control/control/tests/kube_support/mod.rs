@@ -1,5 +1,7 @@
 //! A tiny Kubernetes API double on loopback: HTTP/1.1, one request per connection, answered
 //! by a test-supplied handler; it records every request.
+// Each test file uses a different part of it.
+#![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
 
