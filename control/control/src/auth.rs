@@ -1,7 +1,8 @@
 //! Who is calling: every request to the controller carries `authorization: Bearer <token>`, and
 //! an [`Authenticator`] turns the token into the caller's node. In file mode the tokens are
-//! random per-node secrets kept in `<data-dir>/node-tokens/<node>` ([`NodeTokens`]); a
-//! Kubernetes TokenReview authenticator can implement the same trait later.
+//! random per-node secrets kept in `<data-dir>/node-tokens/<node>` ([`NodeTokens`]); in
+//! Kubernetes mode ServiceAccount tokens are checked with a TokenReview
+//! (`crate::k8s_auth`, feature `kube`).
 
 use std::collections::HashMap;
 use std::fs;
@@ -36,6 +37,16 @@ pub enum AuthError {
     Unknown,
     #[error("invalid node name {0:?}: use letters, digits, '-', '.' and '_'")]
     BadNodeName(String),
+    /// The token is not valid (TokenReview said so).
+    #[error("token rejected: {0}")]
+    Rejected(String),
+    /// The token is valid but its holder may not use the control plane (wrong
+    /// ServiceAccount, no node bound to the token).
+    #[error("permission denied: {0}")]
+    Forbidden(String),
+    /// The service that checks tokens (the Kubernetes API) did not answer.
+    #[error("token check unavailable: {0}")]
+    Unavailable(String),
     #[error("token store {path}: {source}")]
     Io {
         path: String,
@@ -46,8 +57,14 @@ pub enum AuthError {
 impl From<AuthError> for tonic::Status {
     fn from(e: AuthError) -> tonic::Status {
         match e {
-            AuthError::Missing | AuthError::Malformed | AuthError::Unknown => {
-                tonic::Status::unauthenticated(e.to_string())
+            AuthError::Missing
+            | AuthError::Malformed
+            | AuthError::Unknown
+            | AuthError::Rejected(_) => tonic::Status::unauthenticated(e.to_string()),
+            AuthError::Forbidden(_) => tonic::Status::permission_denied(e.to_string()),
+            AuthError::Unavailable(_) => {
+                tracing::warn!(error = %e, "cannot check a token");
+                tonic::Status::unavailable("token check unavailable")
             }
             // Do not tell a remote caller where our files are.
             AuthError::Io { .. } | AuthError::BadNodeName(_) => {

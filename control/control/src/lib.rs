@@ -6,6 +6,10 @@
 
 pub mod auth;
 pub mod ca;
+#[cfg(feature = "kube")]
+pub mod ca_secret;
+#[cfg(feature = "kube")]
+pub mod k8s_auth;
 pub mod objects;
 pub mod resources;
 pub mod server;

@@ -38,9 +38,34 @@ struct Args {
     config_dir: Option<PathBuf>,
 
     /// Read config from the Kubernetes API (kube-rs watchers; in-cluster or kubeconfig
-    /// credentials) instead of a directory. Needs a build with `--features kube`.
+    /// credentials) instead of a directory. Node proxies then authenticate with their
+    /// ServiceAccount token (checked with a TokenReview) instead of node token files, and the
+    /// CA is kept in a Secret (--ca-secret). Needs a build with `--features kube`.
     #[arg(long)]
     kube: bool,
+
+    /// With --kube: the ServiceAccount(s) node proxies run as, NAMESPACE/NAME (repeatable).
+    /// Their tokens must be pod-bound (Kubernetes 1.32 or later names the node in them).
+    #[arg(
+        long = "node-proxy-service-account",
+        value_name = "NS/NAME",
+        default_value = "istio-system/ztunnel"
+    )]
+    node_proxy_service_accounts: Vec<String>,
+
+    /// With --kube: the audience node proxies' tokens must be issued for (repeatable; as
+    /// istiod, `istio-ca`).
+    #[arg(
+        long = "token-audience",
+        value_name = "AUDIENCE",
+        default_value = "istio-ca"
+    )]
+    token_audiences: Vec<String>,
+
+    /// With --kube: the Secret holding the CA key and root (`ca-key.pem`, `ca-cert.pem`),
+    /// created on first start, NAMESPACE/NAME.
+    #[arg(long, value_name = "NS/NAME", default_value = "istio-system/zmesh-ca")]
+    ca_secret: String,
 
     /// Also serve pods outside the mesh (tunnel protocol NONE), as istiod does, so mesh clients
     /// can reach services whose pods are not enrolled.
@@ -174,19 +199,26 @@ fn serve(args: Args) -> anyhow::Result<()> {
         .build()?;
     // Either source publishes a complete first version before the server starts, so node
     // proxies never take an empty mesh for the real one.
-    let watcher = match &args.config_dir {
+    let (watcher, resources_tx) = match &args.config_dir {
         Some(dir) => {
             if !dir.is_dir() {
                 anyhow::bail!("--config-dir {}: not a directory", dir.display());
             }
-            let w = DirWatcher::start(dir, mesh, DEFAULT_DEBOUNCE, resources_tx)
+            let w = DirWatcher::start(dir, mesh.clone(), DEFAULT_DEBOUNCE, resources_tx)
                 .with_context(|| format!("watching {}", dir.display()))?;
-            Some(w)
+            (Some(w), None)
         }
-        None => {
-            start_kube_source(&rt, mesh, resources_tx, resources.clone())?;
-            None
-        }
+        None => (None, Some(resources_tx)),
+    };
+    let kube_parts = match resources_tx {
+        None => None,
+        Some(resources_tx) => Some(start_kube(
+            &rt,
+            &args,
+            mesh,
+            resources_tx,
+            resources.clone(),
+        )?),
     };
     let loaded = resources.borrow().clone();
     tracing::info!(
@@ -203,7 +235,12 @@ fn serve(args: Args) -> anyhow::Result<()> {
         ..ServeOptions::new(args.listen, &args.data.data_dir)
     };
     rt.block_on(async move {
-        let server = Server::bind(opts).await?;
+        let server = match kube_parts {
+            Some(KubeParts { ca, auth }) => Server::bind_with_ca(opts, ca)
+                .await?
+                .with_authenticator(auth),
+            None => Server::bind(opts).await?,
+        };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let shutdown = async move {
             tokio::select! {
@@ -219,18 +256,48 @@ fn serve(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the Kubernetes API source and waits for its first complete publish.
+/// What Kubernetes mode replaces: the CA (from a Secret) and the authenticator (TokenReview).
+// Only built by `start_kube` with the `kube` feature; without it `--kube` fails at start.
+#[cfg_attr(not(feature = "kube"), allow(dead_code))]
+struct KubeParts {
+    ca: zmesh_hbone::ca::DevCa,
+    auth: Arc<dyn zmesh_control::auth::Authenticator>,
+}
+
+/// Loads the CA from its Secret, starts the Kubernetes API source and waits for its first
+/// complete publish.
 #[cfg(feature = "kube")]
-fn start_kube_source(
+fn start_kube(
     rt: &tokio::runtime::Runtime,
+    args: &Args,
     mesh: MeshOptions,
     tx: tokio::sync::watch::Sender<Arc<Resources>>,
     mut rx: tokio::sync::watch::Receiver<Arc<Resources>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<KubeParts> {
+    use zmesh_control::ca_secret::CaSecret;
+    use zmesh_control::k8s_auth::{ServiceAccountRef, TokenReviewAuth};
+
+    let secret: ServiceAccountRef = args
+        .ca_secret
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--ca-secret {e}"))?;
+    let node_proxies = args
+        .node_proxy_service_accounts
+        .iter()
+        .map(|s| s.parse::<ServiceAccountRef>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--node-proxy-service-account {e}"))?;
+    let audiences = args.token_audiences.clone();
+    let trust_domain = args.trust_domain.clone();
     rt.block_on(async move {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API")?;
+        let (ca, origin) = CaSecret::new(client.clone(), &secret.namespace, &secret.name)
+            .load_or_create(&trust_domain)
+            .await?;
+        tracing::info!(secret = %secret, ?origin, "CA loaded");
+        let auth = TokenReviewAuth::new(client.clone(), &node_proxies, audiences);
         tokio::spawn(async move {
             if let Err(e) =
                 zmesh_control::source::k8s::run(client, mesh, DEFAULT_DEBOUNCE, tx).await
@@ -241,17 +308,21 @@ fn start_kube_source(
         rx.changed()
             .await
             .context("the Kubernetes source ended before its first list")?;
-        anyhow::Ok(())
+        anyhow::Ok(KubeParts {
+            ca,
+            auth: Arc::new(auth),
+        })
     })
 }
 
 #[cfg(not(feature = "kube"))]
-fn start_kube_source(
+fn start_kube(
     _: &tokio::runtime::Runtime,
+    _: &Args,
     _: MeshOptions,
     _: tokio::sync::watch::Sender<Arc<Resources>>,
     _: tokio::sync::watch::Receiver<Arc<Resources>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<KubeParts> {
     anyhow::bail!(
         "--kube: this zmesh-control was built without the `kube` feature (cargo build --features kube)"
     )

@@ -118,6 +118,12 @@ impl Server {
         let ca = tokio::task::spawn_blocking(move || DevCa::load_or_create(&ca_dir, &td))
             .await
             .map_err(|e| io_err("loading the CA")(io::Error::other(e)))??;
+        Server::bind_with_ca(opts, ca).await
+    }
+
+    /// Like [`Server::bind`] with a CA loaded elsewhere (a Kubernetes Secret) instead of the
+    /// data dir's `ca/`; the root is still written to the data dir for clients.
+    pub async fn bind_with_ca(opts: ServeOptions, ca: DevCa) -> Result<Server, ServeError> {
         let root_cert_path = opts.data_dir.join(ROOT_CERT_FILE);
         write_atomic(&root_cert_path, ca.root_pem().as_bytes())
             .map_err(io_err(root_cert_path.display().to_string()))?;

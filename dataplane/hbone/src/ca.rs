@@ -243,6 +243,12 @@ impl DevCa {
         })
     }
 
+    /// The CA's private key as PEM, to persist it (in a file or a Kubernetes Secret) and load
+    /// it back with [`DevCa::from_pem`].
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
     pub fn root(&self) -> &CertificateDer<'static> {
         &self.root
     }

@@ -47,6 +47,15 @@ impl Control {
         let server = zmesh_control::server::Server::bind(opts)
             .await
             .expect("bind");
+        Control::from_server(server, data_dir, initial)
+    }
+
+    /// Runs an already bound server (e.g. with another CA or authenticator).
+    pub fn from_server(
+        server: zmesh_control::server::Server,
+        data_dir: &Path,
+        initial: Resources,
+    ) -> Control {
         let addr = server.local_addr().expect("local addr");
         let root_pem = server.root_pem().to_string();
         let stats = server.stats();
