@@ -108,8 +108,12 @@ mod tests {
         assert_eq!(r.len(), 2);
         for x in &r {
             assert!(x.seal_gb_per_s > 0.0 && x.seal_open_gb_per_s > 0.0, "{x:?}");
-            // Opening costs something: doing both is slower than sealing alone.
-            assert!(x.seal_open_gb_per_s < x.seal_gb_per_s * 1.2, "{x:?}");
+            // The floor is what a GB costs at the measured seal+open rate (no timing claims
+            // here: the machine is shared and noisy).
+            assert!(
+                (x.floor_cpu_s_per_gb * x.seal_open_gb_per_s - 1.0).abs() < 1e-9,
+                "{x:?}"
+            );
         }
     }
 }
