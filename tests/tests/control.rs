@@ -205,34 +205,32 @@ where
     }
 }
 
-/// True when every server pod refuses `src` (checked pod by pod, so every node has the
-/// policy) and the service address does too.
-async fn refused_everywhere(mesh: &ControlledMesh, s: &Sample, src: std::net::IpAddr) -> bool {
+/// `curl` from `src` (through node-a) to each server pod, then to the service address. Pods
+/// are tried one by one so that every node's policy is exercised.
+async fn reach(mesh: &ControlledMesh, s: &Sample, src: std::net::IpAddr) -> Vec<zmesh_tests::Curl> {
     let socks = mesh.node("node-a").socks5();
-    for pod in s.servers {
-        if curl(Some(socks), src, &format!("http://{pod}/"))
-            .await
-            .status
-            == 200
-        {
-            return false;
-        }
+    let mut out = Vec::new();
+    for url in s
+        .servers
+        .iter()
+        .map(|pod| format!("http://{pod}/"))
+        .chain([s.url.clone()])
+    {
+        out.push(curl(Some(socks), src, &url).await);
     }
-    curl(Some(socks), src, &s.url).await.exit == 97
+    out
 }
 
+/// True when every server pod and the service refuse `src` (the service by a SOCKS5 refusal,
+/// curl's exit 97, not a timeout).
+async fn refused_everywhere(mesh: &ControlledMesh, s: &Sample, src: std::net::IpAddr) -> bool {
+    let r = reach(mesh, s, src).await;
+    r.iter().all(|c| c.status != 200) && r.last().is_some_and(|c| c.exit == 97)
+}
+
+/// True when every server pod and the service answer `src` with 200.
 async fn served_everywhere(mesh: &ControlledMesh, s: &Sample, src: std::net::IpAddr) -> bool {
-    let socks = mesh.node("node-a").socks5();
-    for pod in s.servers {
-        if curl(Some(socks), src, &format!("http://{pod}/"))
-            .await
-            .status
-            != 200
-        {
-            return false;
-        }
-    }
-    curl(Some(socks), src, &s.url).await.status == 200
+    reach(mesh, s, src).await.iter().all(|c| c.status == 200)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
