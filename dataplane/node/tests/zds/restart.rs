@@ -151,7 +151,7 @@ pub fn capture_survives_restart(backend: &str) {
     );
     assert_eq!(session.snapshot_sent(), "");
     let tally_file = w.dir.path().join("tally-b");
-    let _tally = app(
+    let tally_server = app(
         b,
         "tally",
         &[
@@ -282,6 +282,7 @@ pub fn capture_survives_restart(backend: &str) {
         assert!(!nft_table(&w.b), "b's rules gone");
         kill_9(&mut w);
     }
+    drop(tally_server);
     drop(w);
     drop(fs);
 }
