@@ -93,6 +93,8 @@ impl Capture {
             }
         }
         pins.dir.remove_unused_versions();
+        // Best effort: a leftover entry only costs memory (no hook runs for a pod without
+        // links), and the next snapshot sweeps again.
         let addrs: HashSet<AddrKey> = active.values().flatten().copied().collect();
         let mut maps = lock(&self.maps);
         let pods: Vec<u64> = maps.pods.keys().filter_map(Result::ok).collect();
