@@ -277,14 +277,44 @@ pub fn capture_survives_restart(backend: &str) {
             assert!(!live_links.contains(link), "link {link} left");
             assert!(!live_progs.contains(prog), "program {prog} left");
         }
+        // The maps stay pinned while the directory does; unmounting the bpffs frees them.
+        let maps = pinned_maps(&pin_dir);
+        assert_eq!(maps.len(), 6, "the six shared maps are pinned: {maps:?}");
+        drop(tally_server);
+        drop(w);
+        drop(fs);
+        wait_for(
+            "the pinned maps to be freed",
+            Duration::from_secs(10),
+            || {
+                let live = ids("map");
+                maps.iter().all(|m| !live.contains(m))
+            },
+        );
     } else {
         assert_eq!(session.del("pod-b-uid"), "");
         assert!(!nft_table(&w.b), "b's rules gone");
         kill_9(&mut w);
     }
-    drop(tally_server);
-    drop(w);
-    drop(fs);
+}
+
+/// Ids of the maps pinned under `<root>/obj-*/maps/`.
+fn pinned_maps(root: &Path) -> Vec<u64> {
+    let mut out = Vec::new();
+    for v in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        for m in std::fs::read_dir(v.path().join("maps"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = m.path().display().to_string();
+            let info: serde_json::Value =
+                serde_json::from_str(&run("bpftool", &["map", "show", "pinned", &path, "-j"]))
+                    .unwrap();
+            out.extend(info["id"].as_u64());
+        }
+    }
+    out
 }
 
 /// `--bpf-pin-dir` on a directory that is not a bpffs: the proxy does not start.
