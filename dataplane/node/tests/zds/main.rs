@@ -311,6 +311,12 @@ fn start(backend: &str, extra: &[String]) -> (World, agent::Session) {
     let logged = std::fs::read_to_string(&log).unwrap();
     let line = format!("in-pod mode: pods enroll over ZDS backend=\"{backend}\"");
     assert!(logged.contains(&line), "capture back end logged:\n{logged}");
+    let pinned = extra.iter().any(|a| a == "--bpf-pin-dir");
+    assert_eq!(
+        logged.contains("without --bpf-pin-dir"),
+        backend == "ebpf" && !pinned,
+        "warned that capture does not survive a restart only when it does not:\n{logged}"
+    );
     assert!(
         !logged.contains("other processes share"),
         "the proxy has its cgroup to itself:\n{logged}"
