@@ -18,6 +18,7 @@ use zmesh_control::translate::MeshOptions;
 use crate::cni::{CniRequest, CniResponse, PodRef};
 use crate::core::{Action, AddError, ConnId, Core, Enrollment, NewPod, ReqId};
 use crate::podns;
+use crate::state::{PodRecord, StateFile};
 use crate::zds::{self, ZdsListener};
 
 /// A CNI client gets this long to send its request line.
@@ -32,6 +33,8 @@ pub struct Config {
     pub config_dir: PathBuf,
     pub zds_socket: PathBuf,
     pub cni_socket: PathBuf,
+    /// Where the running pods are remembered across agent restarts.
+    pub state_file: PathBuf,
 }
 
 /// Why the agent could not start.
@@ -58,6 +61,7 @@ enum Event {
     Store(Arc<Store>),
     CniAdd {
         pod: NewPod<NetnsFd>,
+        record: PodRecord,
         timeout: Duration,
         reply: mpsc::Sender<CniResponse>,
     },
@@ -113,7 +117,7 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
         cni_socket = %cfg.cni_socket.display(),
         "node agent ready"
     );
-    Driver::new(initial).run(&rx);
+    Driver::new(initial, StateFile::load(&cfg.state_file)).run(&rx);
     drop(watcher);
     Ok(())
 }
@@ -154,16 +158,31 @@ struct Driver {
     conns: HashMap<ConnId, Arc<OwnedFd>>,
     replies: HashMap<ReqId, mpsc::Sender<CniResponse>>,
     next_req: ReqId,
+    state: StateFile,
 }
 
 impl Driver {
-    fn new(store: Arc<Store>) -> Self {
-        Driver {
+    /// The core, with the pods a previous run of the agent left running.
+    fn new(store: Arc<Store>, state: StateFile) -> Self {
+        let mut d = Driver {
             core: Core::new(store),
             conns: HashMap::new(),
             replies: HashMap::new(),
             next_req: 0,
+            state,
+        };
+        let mut lost = Vec::new();
+        for rec in d.state.pods() {
+            match reopen(rec) {
+                Ok(pod) => d.core.restore(pod),
+                Err(why) => {
+                    tracing::info!(pod = %rec.uid, namespace = %rec.namespace, name = %rec.name, reason = %why, "pod from the previous run is gone");
+                    lost.push(rec.uid.clone());
+                }
+            }
         }
+        d.state.retain(|p| !lost.contains(&p.uid));
+        d
     }
 
     fn run(mut self, rx: &mpsc::Receiver<Event>) {
@@ -192,16 +211,20 @@ impl Driver {
             Event::Store(store) => self.core.set_store(store),
             Event::CniAdd {
                 pod,
+                record,
                 timeout,
                 reply,
             } => {
+                self.state.insert(record);
                 self.next_req += 1;
                 self.replies.insert(self.next_req, reply);
                 self.core
                     .cni_add(self.next_req, pod, timeout, Instant::now());
             }
             Event::CniDel { pod, reply } => {
-                self.core.cni_del(&pod.uid(), &pod.container_id);
+                if let Some(uid) = self.core.cni_del(&pod.uid(), &pod.container_id) {
+                    self.state.remove(&uid);
+                }
                 let _ = reply.send(CniResponse::Deleted);
             }
             Event::CniCheck { pod, reply } => {
@@ -394,6 +417,14 @@ fn dispatch(req: CniRequest, tx: &mpsc::Sender<Event>) -> CniResponse {
             match open_pod(&pod, Path::new(&netns)) {
                 Ok(new) => (
                     Event::CniAdd {
+                        record: PodRecord {
+                            uid: new.uid.clone(),
+                            namespace: new.namespace.clone(),
+                            name: new.name.clone(),
+                            container_id: new.container_id.clone(),
+                            netns,
+                            cgroup: new.cgroup.clone().ok(),
+                        },
                         pod: new,
                         timeout,
                         reply,
@@ -434,6 +465,29 @@ fn open_pod(pod: &PodRef, netns_path: &Path) -> Result<NewPod<NetnsFd>, podns::P
         namespace: pod.namespace.clone(),
         name: pod.name.clone(),
         container_id: pod.container_id.clone(),
+        cgroup,
+        netns: Arc::new(netns),
+    })
+}
+
+/// Reopens a pod of the previous run, if its netns is still the pod's (same cgroup).
+fn reopen(rec: &PodRecord) -> Result<NewPod<NetnsFd>, String> {
+    let path = Path::new(&rec.netns);
+    let netns = podns::open_netns(path).map_err(|e| e.to_string())?;
+    let cgroup = podns::pod_cgroup(&netns, path)
+        .map(|c| c.display().to_string())
+        .map_err(|e| e.to_string());
+    if cgroup.as_ref().ok() != rec.cgroup.as_ref() {
+        return Err(format!(
+            "its netns now leads to cgroup {cgroup:?}, not {:?}",
+            rec.cgroup
+        ));
+    }
+    Ok(NewPod {
+        uid: rec.uid.clone(),
+        namespace: rec.namespace.clone(),
+        name: rec.name.clone(),
+        container_id: rec.container_id.clone(),
         cgroup,
         netns: Arc::new(netns),
     })

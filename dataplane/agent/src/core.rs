@@ -181,12 +181,43 @@ impl<F: Clone> Core<F> {
     /// A CNI ADD: an enrolled pod is answered once the proxy acks its `add` (or at
     /// `now + timeout`); another pod is answered at once.
     pub fn cni_add(&mut self, req: ReqId, pod: NewPod<F>, timeout: Duration, now: Instant) {
+        tracing::info!(pod = %pod.uid, namespace = %pod.namespace, name = %pod.name, "pod started");
+        let uid = pod.uid.clone();
+        let (enrolled, no_cgroup) = self.insert(pod);
+        let result = match (enrolled, no_cgroup) {
+            (false, _) => Ok(Enrollment::NotEnrolled),
+            (true, Some(why)) => {
+                tracing::warn!(pod = %uid, error = %why, "enrolled pod without a cgroup");
+                Err(AddError::NoCgroup(why))
+            }
+            (true, None) => {
+                self.waiters.push(Waiter {
+                    req,
+                    uid,
+                    deadline: now + timeout,
+                    timeout,
+                });
+                self.pump();
+                return;
+            }
+        };
+        self.actions.push_back(Action::Reply { req, result });
+        self.pump();
+    }
+
+    /// A pod that was running before the agent restarted (no CNI request waits for it).
+    pub fn restore(&mut self, pod: NewPod<F>) {
+        tracing::info!(pod = %pod.uid, namespace = %pod.namespace, name = %pod.name, "pod restored");
+        self.insert(pod);
+        self.pump();
+    }
+
+    /// Adds or replaces a running pod: whether it is enrolled, and why it has no cgroup.
+    fn insert(&mut self, pod: NewPod<F>) -> (bool, Option<String>) {
         let enrolled = enroll::enrolled(&self.store, &pod.namespace, &pod.name);
-        tracing::info!(pod = %pod.uid, namespace = %pod.namespace, name = %pod.name, enrolled, "pod started");
         // A repeated ADD (a retry, or a re-created sandbox) re-sends the pod: the proxy treats
         // an add of a netns it already serves as done.
         self.gone.remove(&pod.uid);
-        let uid = pod.uid.clone();
         let no_cgroup = pod.cgroup.as_ref().err().cloned();
         self.pods.insert(
             pod.uid,
@@ -201,26 +232,7 @@ impl<F: Clone> Core<F> {
                 failed: enrolled && no_cgroup.is_some(),
             },
         );
-        if let (true, Some(why)) = (enrolled, no_cgroup) {
-            tracing::warn!(pod = %uid, error = %why, "enrolled pod without a cgroup");
-            self.actions.push_back(Action::Reply {
-                req,
-                result: Err(AddError::NoCgroup(why)),
-            });
-        } else if enrolled {
-            self.waiters.push(Waiter {
-                req,
-                uid,
-                deadline: now + timeout,
-                timeout,
-            });
-        } else {
-            self.actions.push_back(Action::Reply {
-                req,
-                result: Ok(Enrollment::NotEnrolled),
-            });
-        }
-        self.pump();
+        (enrolled, no_cgroup)
     }
 
     /// A CNI DEL, by pod uid or container id; returns the uid when the pod was known.

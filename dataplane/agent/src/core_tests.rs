@@ -392,3 +392,23 @@ fn an_enrolled_pod_without_a_cgroup_fails_at_once_but_others_do_not_need_one() {
     h.core.cni_add(2, pod, TIMEOUT, h.now);
     assert_eq!(h.actions(), vec![reply(2, Ok(Enrollment::NotEnrolled))]);
 }
+
+#[test]
+fn pods_restored_after_an_agent_restart_are_in_the_snapshot() {
+    let mut h = Harness::new(&format!("{}{}", ns("demo", true), ns("plain", false)));
+    for (name, ns, fd) in [("a", "demo", 1), ("p", "plain", 2)] {
+        h.core.restore(NewPod {
+            uid: format!("uid-{name}"),
+            namespace: ns.into(),
+            name: name.into(),
+            container_id: format!("c-{name}"),
+            cgroup: Ok(format!("/sys/fs/cgroup/pods/{name}")),
+            netns: fd,
+        });
+    }
+    assert_eq!(h.actions(), vec![], "nothing to answer, no proxy yet");
+    h.core.proxy_connected(1);
+    assert_eq!(h.actions(), vec![send_add(1, "a", "demo", 1)]);
+    h.core.proxy_ack(1, "");
+    assert_eq!(h.actions(), vec![snapshot(1)]);
+}
