@@ -15,7 +15,7 @@ use zmesh_control::source::{DEFAULT_DEBOUNCE, DirWatcher, WatchStatus};
 use zmesh_control::store::Store;
 use zmesh_control::translate::MeshOptions;
 
-use crate::cni::{CniRequest, CniResponse, PodRef};
+use crate::cni::{CniRequest, CniResponse, DEL_WAIT, PodRef};
 use crate::core::{Action, AddError, ConnId, Core, Enrollment, NewPod, ReqId};
 use crate::podns;
 use crate::state::{PodRecord, StateFile};
@@ -222,10 +222,16 @@ impl Driver {
                     .cni_add(self.next_req, pod, timeout, Instant::now());
             }
             Event::CniDel { pod, reply } => {
-                if let Some(uid) = self.core.cni_del(&pod.uid(), &pod.container_id) {
+                self.next_req += 1;
+                self.replies.insert(self.next_req, reply);
+                let id = (pod.uid(), pod.container_id.clone());
+                let (uid, ctr) = (id.0.as_str(), id.1.as_str());
+                let found = self
+                    .core
+                    .cni_del(self.next_req, (uid, ctr), DEL_WAIT, Instant::now());
+                if let Some(uid) = found {
                     self.state.remove(&uid);
                 }
-                let _ = reply.send(CniResponse::Deleted);
             }
             Event::CniCheck { pod, reply } => {
                 let _ = reply.send(self.check(&pod));
@@ -288,6 +294,7 @@ impl Driver {
                         let _ = reply.send(match result {
                             Ok(Enrollment::Captured) => CniResponse::Captured,
                             Ok(Enrollment::NotEnrolled) => CniResponse::NotEnrolled,
+                            Ok(Enrollment::Released) => CniResponse::Deleted,
                             Err(e) => CniResponse::Error {
                                 message: e.to_string(),
                             },
@@ -439,7 +446,7 @@ fn dispatch(req: CniRequest, tx: &mpsc::Sender<Event>) -> CniResponse {
                 }
             }
         }
-        CniRequest::Del { pod } => (Event::CniDel { pod, reply }, Duration::ZERO),
+        CniRequest::Del { pod } => (Event::CniDel { pod, reply }, DEL_WAIT),
         CniRequest::Check { pod } => (Event::CniCheck { pod, reply }, Duration::ZERO),
     };
     if tx.send(event).is_err() {

@@ -59,6 +59,9 @@ pub enum Enrollment {
     Captured,
     /// The pod is not enrolled; it runs outside the mesh.
     NotEnrolled,
+    /// DEL: the node proxy released the pod, never held it, or will drop it at its next
+    /// snapshot (it disconnected, or did not answer in time: DEL never fails).
+    Released,
 }
 
 /// Why a CNI ADD for an enrolled pod failed (the pod must not start uncaptured).
@@ -84,7 +87,7 @@ pub enum AddError {
 pub enum Action<F> {
     /// Send a request on the proxy connection (its answer comes back as [`Core::proxy_ack`]).
     Send { conn: ConnId, request: Request<F> },
-    /// Answer a CNI ADD.
+    /// Answer a CNI ADD or DEL.
     Reply {
         req: ReqId,
         result: Result<Enrollment, AddError>,
@@ -142,6 +145,8 @@ pub struct Core<F> {
     gone: BTreeSet<String>,
     proxy: Option<Proxy>,
     waiters: Vec<Waiter>,
+    /// DELs waiting for the proxy to ack the pod's `del`.
+    releases: Vec<Waiter>,
     actions: VecDeque<Action<F>>,
 }
 
@@ -153,6 +158,7 @@ impl<F: Clone> Core<F> {
             gone: BTreeSet::new(),
             proxy: None,
             waiters: Vec::new(),
+            releases: Vec::new(),
             actions: VecDeque::new(),
         }
     }
@@ -235,19 +241,38 @@ impl<F: Clone> Core<F> {
         (enrolled, no_cgroup)
     }
 
-    /// A CNI DEL, by pod uid or container id; returns the uid when the pod was known.
-    pub fn cni_del(&mut self, uid: &str, container_id: &str) -> Option<String> {
-        let uid = self.find(uid, container_id)?;
+    /// A CNI DEL, by pod uid or container id: answered once the proxy acked the pod's `del`
+    /// (bounded by `timeout`), so its capture is gone when DEL returns; at once when the proxy
+    /// does not hold the pod. Returns the uid when the pod was known.
+    pub fn cni_del(
+        &mut self,
+        req: ReqId,
+        (uid, container_id): (&str, &str),
+        timeout: Duration,
+        now: Instant,
+    ) -> Option<String> {
+        let Some(uid) = self.find(uid, container_id) else {
+            self.reply(req, Ok(Enrollment::Released));
+            return None;
+        };
         let pod = self.pods.remove(&uid)?;
         tracing::info!(pod = %uid, namespace = %pod.namespace, name = %pod.name, "pod deleted");
         let adding = self
             .proxy
             .as_ref()
             .is_some_and(|p| p.in_flight == Some(InFlight::Add(uid.clone())));
-        if pod.held || adding {
-            self.gone.insert(uid.clone());
-        }
         self.answer(&uid, &Err(AddError::Deleted));
+        if (pod.held || adding) && self.proxy.is_some() {
+            self.gone.insert(uid.clone());
+            self.releases.push(Waiter {
+                req,
+                uid: uid.clone(),
+                deadline: now + timeout,
+                timeout,
+            });
+        } else {
+            self.reply(req, Ok(Enrollment::Released));
+        }
         self.pump();
         Some(uid)
     }
@@ -291,6 +316,10 @@ impl<F: Clone> Core<F> {
         if self.proxy.as_ref().is_some_and(|p| p.conn == conn) {
             tracing::warn!(conn, "node proxy disconnected");
             self.proxy = None;
+            // Whatever it held and was not re-sent is released by its next snapshot.
+            for w in std::mem::take(&mut self.releases) {
+                self.reply(w.req, Ok(Enrollment::Released));
+            }
         }
     }
 
@@ -319,6 +348,13 @@ impl<F: Clone> Core<F> {
                 if let Some(p) = self.pods.get_mut(&uid) {
                     p.held = false;
                 }
+                let (done, waiting) = std::mem::take(&mut self.releases)
+                    .into_iter()
+                    .partition::<Vec<_>, _>(|w| w.uid == uid);
+                self.releases = waiting;
+                for w in done {
+                    self.reply(w.req, Ok(Enrollment::Released));
+                }
             }
         }
         self.pump();
@@ -338,16 +374,25 @@ impl<F: Clone> Core<F> {
                 AddError::NoProxy(w.timeout)
             };
             tracing::warn!(pod = %w.uid, error = %err, "CNI ADD failed");
-            self.actions.push_back(Action::Reply {
-                req: w.req,
-                result: Err(err),
-            });
+            self.reply(w.req, Err(err));
+        }
+        let (expired, waiting) = std::mem::take(&mut self.releases)
+            .into_iter()
+            .partition::<Vec<_>, _>(|w| w.deadline <= now);
+        self.releases = waiting;
+        for w in expired {
+            tracing::warn!(pod = %w.uid, timeout = ?w.timeout, "node proxy did not confirm the release in time; DEL succeeds anyway");
+            self.reply(w.req, Ok(Enrollment::Released));
         }
     }
 
     /// When [`Core::tick`] must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.waiters.iter().map(|w| w.deadline).min()
+        self.waiters
+            .iter()
+            .chain(&self.releases)
+            .map(|w| w.deadline)
+            .min()
     }
 
     pub fn poll_action(&mut self) -> Option<Action<F>> {
@@ -386,6 +431,10 @@ impl<F: Clone> Core<F> {
             }
         };
         self.answer(uid, &result);
+    }
+
+    fn reply(&mut self, req: ReqId, result: Result<Enrollment, AddError>) {
+        self.actions.push_back(Action::Reply { req, result });
     }
 
     fn answer(&mut self, uid: &str, result: &Result<Enrollment, AddError>) {

@@ -298,11 +298,19 @@ fn del_releases_a_captured_pod_and_is_idempotent() {
     h.add("demo", "a", 1);
     h.core.proxy_ack(1, "");
     h.actions();
-    assert_eq!(h.core.cni_del("", "c-a"), Some("uid-a".into()));
-    assert_eq!(h.actions(), vec![send_del(1, "a")]);
+    assert_eq!(
+        h.core.cni_del(50, ("", "c-a"), TIMEOUT, h.now),
+        Some("uid-a".into())
+    );
+    assert_eq!(
+        h.actions(),
+        vec![send_del(1, "a")],
+        "DEL waits for the release"
+    );
     h.core.proxy_ack(1, "");
-    assert_eq!(h.core.cni_del("uid-a", "c-a"), None);
-    assert_eq!(h.actions(), vec![]);
+    assert_eq!(h.actions(), vec![reply(50, Ok(Enrollment::Released))]);
+    assert_eq!(h.core.cni_del(51, ("uid-a", "c-a"), TIMEOUT, h.now), None);
+    assert_eq!(h.actions(), vec![reply(51, Ok(Enrollment::Released))]);
     assert_eq!(h.core.status("uid-a", ""), None);
 }
 
@@ -314,10 +322,12 @@ fn del_while_the_add_is_in_flight_releases_after_the_ack() {
     h.actions();
     let req = h.add("demo", "a", 1);
     h.actions();
-    h.core.cni_del("uid-a", "");
+    h.core.cni_del(50, ("uid-a", ""), TIMEOUT, h.now);
     assert_eq!(h.actions(), vec![reply(req, Err(AddError::Deleted))]);
     h.core.proxy_ack(1, "");
     assert_eq!(h.actions(), vec![send_del(1, "a")]);
+    h.core.proxy_ack(1, "");
+    assert_eq!(h.actions(), vec![reply(50, Ok(Enrollment::Released))]);
 }
 
 #[test]
@@ -327,7 +337,12 @@ fn deleted_pods_are_not_in_the_next_snapshot() {
     h.add("demo", "b", 2);
     h.advance(TIMEOUT);
     h.actions();
-    h.core.cni_del("uid-a", "");
+    h.core.cni_del(50, ("uid-a", ""), TIMEOUT, h.now);
+    assert_eq!(
+        h.actions(),
+        vec![reply(50, Ok(Enrollment::Released))],
+        "no proxy: at once"
+    );
     h.core.proxy_connected(1);
     assert_eq!(h.actions(), vec![send_add(1, "b", "demo", 2)]);
 }
@@ -411,4 +426,27 @@ fn pods_restored_after_an_agent_restart_are_in_the_snapshot() {
     assert_eq!(h.actions(), vec![send_add(1, "a", "demo", 1)]);
     h.core.proxy_ack(1, "");
     assert_eq!(h.actions(), vec![snapshot(1)]);
+}
+
+#[test]
+fn del_succeeds_when_the_proxy_does_not_answer_or_goes_away() {
+    let mut h = Harness::new(&ns("demo", true));
+    h.core.proxy_connected(1);
+    h.core.proxy_ack(1, "");
+    h.add("demo", "a", 1);
+    h.core.proxy_ack(1, "");
+    h.add("demo", "b", 2);
+    h.core.proxy_ack(1, "");
+    h.actions();
+    h.core
+        .cni_del(50, ("uid-a", ""), Duration::from_secs(5), h.now);
+    assert_eq!(h.actions(), vec![send_del(1, "a")]);
+    h.advance(Duration::from_secs(5));
+    assert_eq!(h.actions(), vec![reply(50, Ok(Enrollment::Released))]);
+    h.core.proxy_ack(1, "");
+    h.core
+        .cni_del(51, ("uid-b", ""), Duration::from_secs(5), h.now);
+    assert_eq!(h.actions(), vec![send_del(1, "b")]);
+    h.core.proxy_gone(1);
+    assert_eq!(h.actions(), vec![reply(51, Ok(Enrollment::Released))]);
 }

@@ -287,8 +287,17 @@ fn ambient_pod_is_captured_before_add_returns_and_follows_labels_and_reconnects(
     assert!(agent.log().contains("pod restored"), "{}", agent.log());
 
     // DEL releases; a second DEL (unknown pod now) still succeeds.
-    let del = agent.cni("DEL", &web, 10);
-    proxy.expect_del(&web.uid);
+    let mut del = agent.cni("DEL", &web, 10);
+    match proxy.recv() {
+        Got::Del(uid) => assert_eq!(uid, web.uid),
+        other => panic!("expected del, got {other:?}"),
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        still_running(&mut del),
+        "DEL returned before the proxy released the pod"
+    );
+    proxy.ack("");
     assert_eq!(finish(del), (0, Value::Null));
     assert_eq!(finish(agent.cni("DEL", &web, 10)), (0, Value::Null));
     let (code, out) = finish(agent.cni("CHECK", &web, 10));
