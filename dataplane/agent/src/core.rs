@@ -187,9 +187,10 @@ impl<F: Clone> Core<F> {
     /// A CNI ADD: an enrolled pod is answered once the proxy acks its `add` (or at
     /// `now + timeout`); another pod is answered at once.
     pub fn cni_add(&mut self, req: ReqId, pod: NewPod<F>, timeout: Duration, now: Instant) {
-        tracing::info!(pod = %pod.uid, namespace = %pod.namespace, name = %pod.name, "pod started");
         let uid = pod.uid.clone();
+        let (namespace, name) = (pod.namespace.clone(), pod.name.clone());
         let (enrolled, no_cgroup) = self.insert(pod);
+        tracing::info!(pod = %uid, %namespace, %name, enrolled, "pod started");
         let result = match (enrolled, no_cgroup) {
             (false, _) => Ok(Enrollment::NotEnrolled),
             (true, Some(why)) => {
