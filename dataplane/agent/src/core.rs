@@ -115,11 +115,14 @@ struct Pod<F> {
     held: bool,
     /// The proxy refused its `add` on this connection: not retried until something changes.
     failed: bool,
+    /// Changes when a repeated ADD replaces the pod: an ack for an `add` of the earlier
+    /// version (another netns) does not count for this one.
+    generation: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum InFlight {
-    Add(String),
+    Add(String, u64),
     Del(String),
     Snapshot,
 }
@@ -148,6 +151,7 @@ pub struct Core<F> {
     /// DELs waiting for the proxy to ack the pod's `del`.
     releases: Vec<Waiter>,
     actions: VecDeque<Action<F>>,
+    generations: u64,
 }
 
 impl<F: Clone> Core<F> {
@@ -160,6 +164,7 @@ impl<F: Clone> Core<F> {
             waiters: Vec::new(),
             releases: Vec::new(),
             actions: VecDeque::new(),
+            generations: 0,
         }
     }
 
@@ -226,6 +231,7 @@ impl<F: Clone> Core<F> {
         // an add of a netns it already serves as done.
         self.gone.remove(&pod.uid);
         let no_cgroup = pod.cgroup.as_ref().err().cloned();
+        self.generations += 1;
         self.pods.insert(
             pod.uid,
             Pod {
@@ -237,6 +243,7 @@ impl<F: Clone> Core<F> {
                 enrolled,
                 held: false,
                 failed: enrolled && no_cgroup.is_some(),
+                generation: self.generations,
             },
         );
         (enrolled, no_cgroup)
@@ -261,7 +268,7 @@ impl<F: Clone> Core<F> {
         let adding = self
             .proxy
             .as_ref()
-            .is_some_and(|p| p.in_flight == Some(InFlight::Add(uid.clone())));
+            .is_some_and(|p| matches!(&p.in_flight, Some(InFlight::Add(u, _)) if *u == uid));
         self.answer(&uid, &Err(AddError::Deleted));
         if (pod.held || adding) && self.proxy.is_some() {
             self.gone.insert(uid.clone());
@@ -338,7 +345,7 @@ impl<F: Clone> Core<F> {
                 proxy.snapshot_sent = true;
                 tracing::info!(conn, "snapshot acked");
             }
-            InFlight::Add(uid) => self.added(&uid, error),
+            InFlight::Add(uid, generation) => self.added(&uid, generation, error),
             InFlight::Del(uid) => {
                 if !error.is_empty() {
                     // Not retried: the proxy answers `del` of an unknown pod with an error, and
@@ -413,13 +420,15 @@ impl<F: Clone> Core<F> {
             .map(|(u, _)| u.clone())
     }
 
-    fn added(&mut self, uid: &str, error: &str) {
+    fn added(&mut self, uid: &str, generation: u64, error: &str) {
         let result = match self.pods.get_mut(uid) {
             // Deleted while the add was in flight: the proxy holds it now, so release it.
             None => {
                 self.gone.insert(uid.to_owned());
                 return;
             }
+            // Replaced while the add was in flight: the new version is sent next.
+            Some(pod) if pod.generation != generation => return,
             Some(pod) if error.is_empty() => {
                 pod.held = true;
                 tracing::info!(pod = %uid, "pod captured by the node proxy");
@@ -483,7 +492,7 @@ impl<F: Clone> Core<F> {
                 cgroup: pod.cgroup.clone().unwrap_or_default(),
                 netns: pod.netns.clone(),
             };
-            (InFlight::Add(uid.clone()), request)
+            (InFlight::Add(uid.clone(), pod.generation), request)
         } else if !proxy.snapshot_sent {
             (InFlight::Snapshot, Request::SnapshotSent)
         } else {

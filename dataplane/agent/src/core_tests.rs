@@ -450,3 +450,29 @@ fn del_succeeds_when_the_proxy_does_not_answer_or_goes_away() {
     h.core.proxy_gone(1);
     assert_eq!(h.actions(), vec![reply(51, Ok(Enrollment::Released))]);
 }
+
+#[test]
+fn a_repeated_add_during_the_first_add_is_answered_by_the_add_of_the_new_netns() {
+    let mut h = Harness::new(&ns("demo", true));
+    h.core.proxy_connected(1);
+    h.core.proxy_ack(1, "");
+    h.actions();
+    let first = h.add("demo", "a", 1);
+    assert_eq!(h.actions(), vec![send_add(1, "a", "demo", 1)]);
+    let second = h.add("demo", "a", 2);
+    assert_eq!(h.actions(), vec![]);
+    h.core.proxy_ack(1, "");
+    assert_eq!(
+        h.actions(),
+        vec![send_add(1, "a", "demo", 2)],
+        "the old netns's ack is not enough"
+    );
+    h.core.proxy_ack(1, "");
+    assert_eq!(
+        h.actions(),
+        vec![
+            reply(first, Ok(Enrollment::Captured)),
+            reply(second, Ok(Enrollment::Captured))
+        ]
+    );
+}
