@@ -339,6 +339,18 @@ fn add_fails_clearly_without_a_proxy_or_when_capture_fails() {
         msg.contains("demo/refused") && msg.contains("permission denied"),
         "{msg}"
     );
+    // A pause process outside a pod cgroup: capture would attach to the wrong cgroup (ours or
+    // the root), so ADD refuses and the proxy hears nothing.
+    let stray = Pod::start_uncontained("fail", "demo", "stray");
+    let (code, out) = finish(agent.cni("ADD", &stray, 10));
+    assert_eq!(code, 1, "{out}");
+    let msg = out["msg"].as_str().expect("msg");
+    assert!(
+        msg.contains("demo/stray") && msg.contains("cgroup"),
+        "{msg}"
+    );
+    eprintln!("stray pod: {msg}");
+    proxy.expect_nothing();
 }
 
 #[test]
