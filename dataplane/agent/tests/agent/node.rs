@@ -206,7 +206,11 @@ fn the_real_node_proxy_captures_before_add_returns_and_releases_before_del_retur
     });
     assert_eq!(attached(&web.cgroup), 0, "nothing attached before ADD");
 
+    let t = Instant::now();
     let (code, out) = finish(agent.cni("ADD", &web, 20));
+    // Measured, not asserted: how long a pod's start waits for capture (plugin process start,
+    // agent, one shard's listeners and the eBPF attach).
+    eprintln!("CNI ADD with the real node proxy: {:?}", t.elapsed());
     assert_eq!(code, 0, "{out}\n{}", node.log());
     assert!(
         attached(&web.cgroup) > 0,
