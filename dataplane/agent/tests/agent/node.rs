@@ -1,7 +1,7 @@
 //! The agent with the real node proxy (`zmesh-node --zds-socket`, eBPF capture): CNI ADD
 //! returns with the pod's cgroup hooks attached, a restarted proxy gets the pod back, and CNI
-//! DEL returns with them gone. `zmesh-node` is built by a nested `cargo build` (a no-op when
-//! it is up to date, as in CI after `cargo build --workspace --bins`).
+//! DEL returns with them gone. `zmesh-node` must be built first (`cargo build --workspace
+//! --bins`, as the README's test command and CI do).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -11,29 +11,21 @@ use std::time::{Duration, Instant};
 use super::{Agent, finish, namespace, pod_object, require_root};
 use crate::pod::{self, Pod};
 
-/// `zmesh-node` beside our binaries, built (or found up to date) by cargo.
+/// `zmesh-node` beside our binaries. It is not built here: a nested `cargo build -p
+/// zmesh-node` would unify features differently from the workspace build and relink the binary
+/// the other end-to-end tests use.
 fn node_binary() -> PathBuf {
     let dir = Path::new(env!("CARGO_BIN_EXE_zmesh-agent"))
         .parent()
         .expect("target dir")
         .to_owned();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "-p",
-        "zmesh-node",
-        "--bin",
-        "zmesh-node",
-        "--target-dir",
-    ])
-    .arg(dir.parent().expect("target dir"));
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo build -p zmesh-node");
-    assert!(status.success(), "cargo build -p zmesh-node failed");
-    dir.join("zmesh-node")
+    let bin = dir.join("zmesh-node");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first: cargo build --workspace --bins",
+        bin.display()
+    );
+    bin
 }
 
 /// Programs attached to a cgroup.
