@@ -11,6 +11,7 @@ use super::{Bins, CONTROLLER_V4, Error, Footprint, OUTSIDE_V4, OUTSIDE_V6, Optio
 /// A pod's resources, owned by the topology.
 pub(super) struct PodState {
     pub pod: Pod,
+    pub spec: super::pod::PodSpec,
     pub netns: Netns,
     pub cgroup: PathBuf,
     pub pause: Option<Proc>,
