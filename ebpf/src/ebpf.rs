@@ -1,5 +1,6 @@
 //! The eBPF back end: loads `bpf/capture.bpf.c` once per node and attaches it per pod.
 
+use std::collections::{HashMap as StdHashMap, HashSet};
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -9,12 +10,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use aya::maps::{HashMap, MapData, SockHash};
 use aya::programs::cgroup_sock_addr::CgroupSockAddrLink;
 use aya::programs::cgroup_sockopt::CgroupSockoptLink;
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::sk_lookup::SkLookupLink;
 use aya::programs::sock_ops::SockOpsLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkLookup, SockOps};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::netns::{netns_cookie, own_cgroup, socket_netns_cookie};
+use crate::pin::{PINNED_MAPS, PinDir, remove_pins};
 use crate::{Error, PodSpec, Ports};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture.bpf.o"));
@@ -32,6 +35,17 @@ const SOCKOPS: &str = "zm_sockops";
 const GETSOCKOPT: &str = "zm_getsockopt";
 const PROXY_SOCKOPS: &str = "zm_proxy_sockops";
 const SK_LOOKUP: &str = "zm_sk_lookup";
+/// Every per-pod link, in attach order.
+const POD_PROGRAMS: [&str; 8] = [
+    "zm_connect4",
+    "zm_connect6",
+    "zm_getpeername4",
+    "zm_getpeername6",
+    "zm_bind4",
+    "zm_bind6",
+    SOCKOPS,
+    SK_LOOKUP,
+];
 
 /// Cgroup attachments go through bpf_link (aya does so on 5.7+), which always stacks with
 /// other programs on the cgroup and must be created without attach flags; "Single" is aya's
@@ -40,6 +54,8 @@ const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 /// `struct zm_addr` in the C source: 16-byte address (IPv4 as v4-mapped), port, family.
 type AddrKey = [u8; 20];
+/// `struct zm_flow`: two 16-byte addresses and two ports.
+type FlowKey = [u8; 36];
 
 /// How to load the capture programs.
 #[derive(Debug, Clone, Default)]
@@ -49,6 +65,10 @@ pub struct LoadConfig {
     /// it created them): `cgroup/getsockopt` and the proxy's sockops program are attached
     /// there. Default: this process's own cgroup. It must not contain the pods' cgroups.
     pub proxy_cgroup: Option<PathBuf>,
+    /// A directory on a bpffs: pin the maps and every pod's links there, so pods stay
+    /// captured (failing closed) while the proxy is down and a restarted proxy adopts them.
+    /// `None`: links live and die with this process.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// The capture programs, loaded once per node. Dropping it detaches the proxy-side hook and
@@ -59,6 +79,14 @@ pub struct Capture {
     proxy_cgroup: PathBuf,
     _getsockopt: CgroupSockoptLink,
     _proxy_sockops: SockOpsLink,
+    pins: Option<Arc<Pins>>,
+}
+
+/// The pin directory and the pods this process captured (netns cookie → their address keys):
+/// pins of any other pod are stale once the agent's snapshot is in.
+struct Pins {
+    dir: PinDir,
+    active: Mutex<StdHashMap<u64, Vec<AddrKey>>>,
 }
 
 struct Maps {
@@ -79,12 +107,19 @@ impl Capture {
     /// The error says what is missing.
     pub fn detect() -> Result<(), Error> {
         crate::netns::cgroup2_mount()?;
-        load_programs(Ports::default()).map(drop)
+        load_programs(Ports::default(), None).map(drop)
     }
 
     /// Loads the programs and attaches the proxy-side hooks to the proxy's cgroup.
     pub fn load(config: LoadConfig) -> Result<Self, Error> {
-        let mut bpf = load_programs(config.ports)?;
+        let pin_dir = match &config.pin_dir {
+            Some(dir) => Some(PinDir::open(dir, OBJECT, config.ports)?),
+            None => None,
+        };
+        let mut bpf = load_programs(config.ports, pin_dir.as_ref())?;
+        if pin_dir.is_some() {
+            forget_proxy_flows(&mut bpf)?;
+        }
         let proxy_cgroup = match config.proxy_cgroup {
             Some(path) => path,
             None => own_cgroup()?,
@@ -95,7 +130,11 @@ impl Capture {
             captured: take_map(&mut bpf, "zm_captured")?,
             inbound: take_map(&mut bpf, "zm_inbound")?,
         };
-        tracing::info!(proxy_cgroup = %proxy_cgroup.display(), "eBPF capture loaded");
+        tracing::info!(
+            proxy_cgroup = %proxy_cgroup.display(),
+            pin_dir = ?config.pin_dir,
+            "eBPF capture loaded"
+        );
         let proxy_cgroup = proxy_cgroup.canonicalize().unwrap_or(proxy_cgroup);
         Ok(Self {
             bpf: Mutex::new(bpf),
@@ -103,7 +142,18 @@ impl Capture {
             proxy_cgroup,
             _getsockopt: getsockopt,
             _proxy_sockops: proxy_sockops,
+            pins: pin_dir.map(|dir| {
+                Arc::new(Pins {
+                    dir,
+                    active: Mutex::new(StdHashMap::new()),
+                })
+            }),
         })
+    }
+
+    /// Whether pods' links are pinned (capture survives a restart of this process).
+    pub fn pinned(&self) -> bool {
+        self.pins.is_some()
     }
 
     /// Kernel ids of the loaded programs (to check, e.g. with bpftool, that nothing is left).
@@ -134,6 +184,7 @@ impl Capture {
         })?;
         let mut pod = PodCapture {
             links: Vec::new(),
+            pinned: None,
             netns_cookie: cookie,
             inbound_keys: Vec::new(),
             maps: Arc::clone(&self.maps),
@@ -141,21 +192,144 @@ impl Capture {
         };
         pod.fill_maps(spec, cookie)?;
         // Maps first: once a hook is attached it must find the pod's entries.
-        attach_pod(&mut lock(&self.bpf), &cgroup, spec.netns, &mut pod.links)?;
+        let adopted = match &self.pins {
+            None => {
+                attach_pod(&mut lock(&self.bpf), &cgroup, spec.netns, &mut pod.links)?;
+                0
+            }
+            Some(pins) => self.attach_pinned(pins, &cgroup, spec.netns, &mut pod)?,
+        };
         tracing::info!(
             netns_cookie = cookie,
             cgroup = %spec.cgroup.display(),
             ips = ?spec.ips,
+            adopted_links = adopted,
             "pod captured (eBPF)"
         );
         Ok(pod)
     }
+
+    /// Pinned mode: adopts the links pinned for this pod by an earlier run of the same object
+    /// (no second attachment), attaches and pins any that are missing. Links pinned by another
+    /// version of the object are replaced: this version's are attached first, then the old ones
+    /// unpinned, so the pod is never without its hooks (both run for that instant, and each
+    /// program leaves alone what the other already redirected; a connection caught by the old
+    /// one then fails, it is not let through). Returns how many links were adopted.
+    fn attach_pinned(
+        &self,
+        pins: &Arc<Pins>,
+        cgroup: &File,
+        netns: BorrowedFd<'_>,
+        pod: &mut PodCapture,
+    ) -> Result<usize, Error> {
+        let cookie = pod.netns_cookie;
+        let dir = pins.dir.pod_dir(cookie);
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Pin {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut pinned = PinnedPod {
+            dir,
+            links: Vec::new(),
+            pins: Arc::clone(pins),
+        };
+        let mut created = Vec::new();
+        let result = pin_links(&mut lock(&self.bpf), cgroup, netns, &mut pinned, &mut created);
+        if let Err(e) = result {
+            // Undo only what this call pinned: adopted links keep the pod failing closed.
+            for path in created {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        let adopted = POD_PROGRAMS.len() - created.len();
+        for old in pins.dir.pod_elsewhere(cookie) {
+            match remove_pins(&old) {
+                Ok(()) => tracing::info!(netns_cookie = cookie, old = %old.display(), "replaced links of an older capture object"),
+                Err(e) => tracing::warn!(old = %old.display(), error = %e, "unpinning old links"),
+            }
+        }
+        pins.dir.remove_unused_versions();
+        lock(&pins.active).insert(cookie, pod.inbound_keys.clone());
+        pod.pinned = Some(pinned);
+        Ok(adopted)
+    }
+
+    /// Pinned mode, after the node agent's snapshot: unpins (hence detaches) the links of every
+    /// pod this process has not captured, and drops their map entries. Returns how many pods.
+    pub fn prune_pins(&self) -> usize {
+        let Some(pins) = &self.pins else { return 0 };
+        let active = lock(&pins.active);
+        let keep: HashSet<u64> = active.keys().copied().collect();
+        let stale = pins.dir.stale_pods(&keep);
+        for dir in &stale {
+            match remove_pins(dir) {
+                Ok(()) => tracing::info!(dir = %dir.display(), "released a pod not listed by the node agent"),
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "unpinning a stale pod"),
+            }
+        }
+        pins.dir.remove_unused_versions();
+        let addrs: HashSet<AddrKey> = active.values().flatten().copied().collect();
+        let mut maps = lock(&self.maps);
+        let pods: Vec<u64> = maps.pods.keys().filter_map(Result::ok).collect();
+        for cookie in pods.iter().filter(|c| !keep.contains(c)) {
+            let _ = maps.pods.remove(cookie);
+        }
+        let captured: Vec<AddrKey> = maps.captured.keys().filter_map(Result::ok).collect();
+        for key in captured.iter().filter(|k| !addrs.contains(*k)) {
+            let _ = maps.captured.remove(key);
+            let _ = maps.inbound.remove(key);
+        }
+        stale.len()
+    }
 }
 
-/// One captured pod. Dropping it detaches its links and removes its map entries; `release`
-/// does the same and reports errors.
+/// A pod's pinned links, and where.
+struct PinnedPod {
+    dir: PathBuf,
+    links: Vec<PinnedLink>,
+    pins: Arc<Pins>,
+}
+
+/// Adopts or attaches-and-pins each of the pod's links; `created` lists the pins made here.
+fn pin_links(
+    bpf: &mut Ebpf,
+    cgroup: &File,
+    netns: BorrowedFd<'_>,
+    pod: &mut PinnedPod,
+    created: &mut Vec<PathBuf>,
+) -> Result<(), Error> {
+    for name in POD_PROGRAMS {
+        let path = pod.dir.join(name);
+        if path.exists() {
+            match PinnedLink::from_pin(&path) {
+                Ok(link) => {
+                    pod.links.push(link);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(pin = %path.display(), error = %e, "unusable pin, attaching anew");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let link = attach_one(bpf, name, cgroup, netns)?.into_fd(name)?;
+        let pinned = link.pin(&path).map_err(|e| Error::Pin {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        created.push(path);
+        pod.links.push(pinned);
+    }
+    Ok(())
+}
+
+/// One captured pod. `release` detaches its links and removes its map entries. Dropping it
+/// does the same, except in pinned mode, where the pod stays captured (its pins hold the
+/// links) for the next run of the proxy to adopt.
 pub struct PodCapture {
     links: Vec<PodLink>,
+    pinned: Option<PinnedPod>,
     netns_cookie: u64,
     inbound_keys: Vec<AddrKey>,
     maps: Arc<Mutex<Maps>>,
@@ -167,16 +341,28 @@ impl std::fmt::Debug for PodCapture {
         f.debug_struct("PodCapture")
             .field("netns_cookie", &self.netns_cookie)
             .field("links", &self.links.len())
+            .field("pinned", &self.pinned.as_ref().map(|p| &p.dir))
             .finish_non_exhaustive()
     }
 }
 
 // Held only to be dropped: an owned aya link detaches on drop.
-#[allow(dead_code)]
 enum PodLink {
     SockAddr(CgroupSockAddrLink),
     SockOps(SockOpsLink),
     SkLookup(SkLookupLink),
+}
+
+impl PodLink {
+    /// The bpf_link behind it, to pin (cgroup links are bpf_links on 5.7+).
+    fn into_fd(self, name: &'static str) -> Result<FdLink, Error> {
+        let err = |source| Error::Link { name, source };
+        match self {
+            Self::SockAddr(l) => FdLink::try_from(l).map_err(err),
+            Self::SockOps(l) => FdLink::try_from(l).map_err(err),
+            Self::SkLookup(l) => Ok(FdLink::from(l)),
+        }
+    }
 }
 
 impl PodCapture {
@@ -221,6 +407,9 @@ impl PodCapture {
         }
         // Links first, so no hook runs against half-removed entries.
         self.links.clear();
+        if let Some(pinned) = self.pinned.take() {
+            pinned.unpin()?;
+        }
         let mut maps = lock(&self.maps);
         let mut result = Ok(());
         for key in self.inbound_keys.drain(..) {
@@ -252,20 +441,49 @@ impl PodCapture {
     }
 }
 
+impl PinnedPod {
+    /// Removes the pins, then closes the fds: the links detach.
+    fn unpin(self) -> Result<(), Error> {
+        let pin_err = |source| Error::Pin {
+            path: self.dir.clone(),
+            source,
+        };
+        for link in self.links {
+            drop(link.unpin().map_err(pin_err)?);
+        }
+        remove_pins(&self.dir).map_err(pin_err)?;
+        if let Some(cookie) = self.dir.file_name().and_then(|n| n.to_str()?.parse().ok()) {
+            lock(&self.pins.active).remove(&cookie);
+        }
+        Ok(())
+    }
+}
+
 impl Drop for PodCapture {
     fn drop(&mut self) {
+        // Pinned: the pod stays captured across this process's exit; only `release` ends it.
+        if self.pinned.is_some() {
+            return;
+        }
         if let Err(e) = self.undo() {
             tracing::warn!(error = %e, "releasing a captured pod");
         }
     }
 }
 
-fn load_programs(ports: Ports) -> Result<Ebpf, Error> {
-    let mut bpf = EbpfLoader::new()
+fn load_programs(ports: Ports, pins: Option<&PinDir>) -> Result<Ebpf, Error> {
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global("zm_outbound_port", &ports.outbound, true)
         .override_global("zm_inbound_port", &ports.inbound, true)
-        .override_global("zm_hbone_port", &ports.hbone, true)
-        .load(OBJECT)?;
+        .override_global("zm_hbone_port", &ports.hbone, true);
+    if let Some(pins) = pins {
+        // An existing pin is opened (the maps of the pods' adopted links), else created.
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, pins.map_path(name));
+        }
+    }
+    let mut bpf = loader.load(OBJECT)?;
     for name in SOCK_ADDR_PROGRAMS {
         let prog: &mut CgroupSockAddr = program(&mut bpf, name)?;
         prog.load()
@@ -290,6 +508,18 @@ fn load_programs(ports: Ports) -> Result<Ebpf, Error> {
     Ok(bpf)
 }
 
+/// The proxy's own connections recorded by an earlier run (pinned map): that process and its
+/// sockets are gone, and a stale entry would let a later connection with the same 4-tuple past
+/// sk_lookup.
+fn forget_proxy_flows(bpf: &mut Ebpf) -> Result<(), Error> {
+    let mut flows: HashMap<MapData, FlowKey, u8> = take_map(bpf, "zm_proxy_flows")?;
+    let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+    for key in &keys {
+        let _ = flows.remove(key);
+    }
+    Ok(())
+}
+
 /// Attaches the per-pod hooks, pushing each link as it is made, so a failure half-way leaves
 /// the caller holding (and dropping, hence detaching) the ones already attached.
 fn attach_pod(
@@ -298,27 +528,37 @@ fn attach_pod(
     netns: BorrowedFd<'_>,
     links: &mut Vec<PodLink>,
 ) -> Result<(), Error> {
-    for name in SOCK_ADDR_PROGRAMS {
-        let prog: &mut CgroupSockAddr = program(bpf, name)?;
-        let err = |source| Error::Program { name, source };
-        let id = prog.attach(cgroup, LINK_MODE).map_err(err)?;
-        links.push(PodLink::SockAddr(prog.take_link(id).map_err(err)?));
+    for name in POD_PROGRAMS {
+        links.push(attach_one(bpf, name, cgroup, netns)?);
     }
-    let prog: &mut SockOps = program(bpf, SOCKOPS)?;
-    let err = |source| Error::Program {
-        name: SOCKOPS,
-        source,
-    };
-    let id = prog.attach(cgroup, LINK_MODE).map_err(err)?;
-    links.push(PodLink::SockOps(prog.take_link(id).map_err(err)?));
-    let prog: &mut SkLookup = program(bpf, SK_LOOKUP)?;
-    let err = |source| Error::Program {
-        name: SK_LOOKUP,
-        source,
-    };
-    let id = prog.attach(netns).map_err(err)?;
-    links.push(PodLink::SkLookup(prog.take_link(id).map_err(err)?));
     Ok(())
+}
+
+/// Attaches one per-pod program: sk_lookup to the pod's netns, the others to its cgroup.
+fn attach_one(
+    bpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+    netns: BorrowedFd<'_>,
+) -> Result<PodLink, Error> {
+    let err = |source| Error::Program { name, source };
+    Ok(match name {
+        SOCKOPS => {
+            let prog: &mut SockOps = program(bpf, name)?;
+            let id = prog.attach(cgroup, LINK_MODE).map_err(err)?;
+            PodLink::SockOps(prog.take_link(id).map_err(err)?)
+        }
+        SK_LOOKUP => {
+            let prog: &mut SkLookup = program(bpf, name)?;
+            let id = prog.attach(netns).map_err(err)?;
+            PodLink::SkLookup(prog.take_link(id).map_err(err)?)
+        }
+        _ => {
+            let prog: &mut CgroupSockAddr = program(bpf, name)?;
+            let id = prog.attach(cgroup, LINK_MODE).map_err(err)?;
+            PodLink::SockAddr(prog.take_link(id).map_err(err)?)
+        }
+    })
 }
 
 /// The proxy-side hooks: `SO_ORIGINAL_DST` answers and the record of the proxy's own
