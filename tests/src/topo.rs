@@ -78,6 +78,7 @@ pub fn metric(t: &Topology, n: usize, name: &str, labels: &[&str]) -> f64 {
 pub struct Tcpdump {
     proc: Option<Proc>,
     pub pcap: PathBuf,
+    pub log: PathBuf,
 }
 
 impl Tcpdump {
@@ -86,7 +87,21 @@ impl Tcpdump {
         let pcap = t.dir().join(format!("node{n}-{}.pcap", std::process::id()));
         let log = t.dir().join(format!("tcpdump-node{n}.log"));
         let pcap_s = pcap.display().to_string();
-        let mut args = vec!["-i", "eth0", "-nn", "-s", "0", "-U", "-w", &pcap_s];
+        // -Z root: tcpdump would otherwise drop to its own user before writing the file, which
+        // cannot write into the topology's private work directory.
+        let mut args = vec![
+            "-i",
+            "eth0",
+            "-nn",
+            "-s",
+            "0",
+            "-U",
+            "--immediate-mode",
+            "-Z",
+            "root",
+            "-w",
+            &pcap_s,
+        ];
         args.extend(filter.split_whitespace());
         let proc = t
             .node_spawn(n, "tcpdump", &args, Output::Log(log.clone()))
@@ -103,6 +118,7 @@ impl Tcpdump {
         Tcpdump {
             proc: Some(proc),
             pcap,
+            log,
         }
     }
 
@@ -121,10 +137,18 @@ impl Tcpdump {
             .args(["-nn", "-q"])
             .output()
             .expect("tcpdump -r");
-        let lines = String::from_utf8_lossy(&out.stdout)
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::to_string)
             .collect();
+        if lines.is_empty() {
+            // Say why in the failure message.
+            lines.push(format!(
+                "(no packets) tcpdump log: {} / -r: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
         (lines, std::fs::read(&self.pcap).unwrap_or_default())
     }
 }
