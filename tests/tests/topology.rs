@@ -267,7 +267,7 @@ fn unlabelled_namespace_is_not_captured_and_outside_traffic_passes_through() {
             zmesh_ctl::topology::Output::Null,
         )
         .unwrap();
-    let dump = Tcpdump::start(&t, 1, "host 198.19.0.253");
+    let dump = Tcpdump::start(&t, 1, "tcp and host 198.19.0.253");
     let source_before = metric(&t, 1, OPENED, &["reporter=\"source\""]);
     let r = curl_until_ok(
         &mut t,
@@ -302,7 +302,7 @@ fn unlabelled_namespace_is_not_captured_and_outside_traffic_passes_through() {
 }
 
 #[test]
-fn iperf3_for_ten_seconds_bytes_match_on_both_ends() {
+fn iperf3_for_ten_seconds_through_the_mesh() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut t = mesh(Capture::Ebpf);
     let app = sample(&mut t);
@@ -347,9 +347,15 @@ fn iperf3_for_ten_seconds_bytes_match_on_both_ends() {
     let received = s["end"]["sum_received"]["bytes"].as_u64().unwrap();
     eprintln!("iperf3 through the mesh: {sent} bytes sent, {received} received");
     assert!(sent > 0);
-    assert_eq!(
-        sent, received,
-        "bytes sent by the client = bytes received by the server"
+    // iperf3 ends a timed test with a message on its control connection, and the server
+    // stops reading when it arrives: bytes still in flight then (socket buffers, and here the
+    // two proxies' buffers and HTTP/2 windows) are sent but never counted as received, with
+    // or without a mesh. So: nothing more than sent, and no more missing than can be in
+    // flight (a loss or a stall would show as far more).
+    const IN_FLIGHT: u64 = 64 << 20;
+    assert!(
+        received <= sent && sent - received <= IN_FLIGHT,
+        "iperf3: {sent} bytes sent, {received} received"
     );
     let through = metric(
         &t,
@@ -358,7 +364,7 @@ fn iperf3_for_ten_seconds_bytes_match_on_both_ends() {
         &["reporter=\"destination\""],
     ) - before;
     assert!(
-        through >= sent as f64,
+        through >= received as f64,
         "the bytes went through node 2's proxy ({through} < {sent})"
     );
     finish(t, BpfIds::default());
