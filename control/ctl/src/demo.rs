@@ -161,7 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     wait_ok(&mut t, &client, &url)?;
     for _ in 0..4 {
         let (code, body) = curl(&mut t, &client, &url)?;
-        println!("      {code} {}", body.trim());
+        println!("      {code} {}", reply(&body));
     }
     check(&stop)?;
 
@@ -199,7 +199,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     println!("      intruder (sa/intruder): refused: {}", denied.trim());
     let (code, body) = curl(&mut t, &client, &url)?;
-    println!("      client   (sa/client):   {code} {}", body.trim());
+    println!("      client   (sa/client):   {code} {}", reply(&body));
     check(&stop)?;
 
     step(
@@ -229,6 +229,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     drop(t);
     println!("\nDone: processes stopped; namespaces, cgroups, bpffs and temporary files removed.");
     Ok(())
+}
+
+/// The server's greeting without the peer address it saw (the node proxy's, today).
+fn reply(body: &str) -> &str {
+    body.split(" (you are").next().unwrap_or(body).trim()
 }
 
 fn step(n: &str, what: &str) {
