@@ -75,11 +75,11 @@ impl Topology {
             pause: Some(pause),
             apps: 0,
         });
-        if self.opts.mesh {
-            if let Err(e) = self.cni(&pod, "ADD") {
-                let _ = self.delete_pod(&pod);
-                return Err(e);
-            }
+        if self.opts.mesh
+            && let Err(e) = self.cni(&pod, "ADD")
+        {
+            let _ = self.delete_pod(&pod);
+            return Err(e);
         }
         Ok(pod)
     }

@@ -419,10 +419,10 @@ impl Topology {
         if let Err(e) = sys::cgroup_remove(&self.cgroup) {
             eprintln!("topology teardown: {e}");
         }
-        if let Some(dir) = self.bpffs.take() {
-            if let Err(e) = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH) {
-                eprintln!("topology teardown: umount {}: {e}", dir.display());
-            }
+        if let Some(dir) = self.bpffs.take()
+            && let Err(e) = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH)
+        {
+            eprintln!("topology teardown: umount {}: {e}", dir.display());
         }
         self.pods.clear();
         self.nodes.clear();
