@@ -234,13 +234,7 @@ impl Capture {
             pins: Arc::clone(pins),
         };
         let mut created = Vec::new();
-        let result = pin_links(
-            &mut lock(&self.bpf),
-            cgroup,
-            netns,
-            &mut pinned,
-            &mut created,
-        );
+        let result = pin_links(&mut lock(&self.bpf), cgroup, netns, &mut pinned, &mut created);
         if let Err(e) = result {
             // Undo only what this call pinned: adopted links keep the pod failing closed.
             for path in created {
@@ -251,9 +245,7 @@ impl Capture {
         let adopted = POD_PROGRAMS.len() - created.len();
         for old in pins.dir.pod_elsewhere(cookie) {
             match remove_pins(&old) {
-                Ok(()) => {
-                    tracing::info!(netns_cookie = cookie, old = %old.display(), "replaced links of an older capture object")
-                }
+                Ok(()) => tracing::info!(netns_cookie = cookie, old = %old.display(), "replaced links of an older capture object"),
                 Err(e) => tracing::warn!(old = %old.display(), error = %e, "unpinning old links"),
             }
         }
@@ -272,9 +264,7 @@ impl Capture {
         let stale = pins.dir.stale_pods(&keep);
         for dir in &stale {
             match remove_pins(dir) {
-                Ok(()) => {
-                    tracing::info!(dir = %dir.display(), "released a pod not listed by the node agent")
-                }
+                Ok(()) => tracing::info!(dir = %dir.display(), "released a pod not listed by the node agent"),
                 Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "unpinning a stale pod"),
             }
         }
