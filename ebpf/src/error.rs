@@ -33,9 +33,7 @@ pub enum Error {
     MissingListener(IpAddr),
     #[error("nft: {0}")]
     Nft(String),
-    #[error(
-        "--bpf-pin-dir {0} is not on a bpffs (mount one first: mount -t bpf bpf <dir>)"
-    )]
+    #[error("--bpf-pin-dir {0} is not on a bpffs (mount one first: mount -t bpf bpf <dir>)")]
     NotBpffs(PathBuf),
     #[error("pin {path}: {source}")]
     Pin { path: PathBuf, source: io::Error },

@@ -126,7 +126,9 @@ impl PinDir {
                 .and_then(|()| remove_dir_if_exists(&v.join("pods")))
                 .and_then(|()| remove_dir_if_exists(&v));
             match removed {
-                Ok(()) => tracing::info!(dir = %v.display(), "removed pins of an older capture object"),
+                Ok(()) => {
+                    tracing::info!(dir = %v.display(), "removed pins of an older capture object")
+                }
                 Err(e) => tracing::warn!(dir = %v.display(), error = %e, "removing old pins"),
             }
         }
@@ -187,7 +189,10 @@ mod tests {
         let p = Ports::default();
         assert_eq!(version(b"abc", p), version(b"abc", p));
         assert_ne!(version(b"abc", p), version(b"abd", p));
-        let other = Ports { inbound: 16006, ..p };
+        let other = Ports {
+            inbound: 16006,
+            ..p
+        };
         assert_ne!(version(b"abc", p), version(b"abc", other));
     }
 

@@ -256,16 +256,16 @@ fn in_pod_setup(zds: &std::path::Path, args: &Args) -> anyhow::Result<zmesh_ebpf
         }
         _ => Capturer::choose(load).context("no traffic capture available for in-pod mode")?,
     };
-    match (&capturer, &args.bpf_pin_dir) {
-        (Capturer::Ebpf(_), None) => tracing::warn!(
+    if !capturer.survives_restart() {
+        tracing::warn!(
             "eBPF capture without --bpf-pin-dir: pods' capture ends with this process, so \
              while it is down their traffic bypasses the mesh"
-        ),
-        (Capturer::Nftables(_), Some(dir)) => tracing::info!(
+        );
+    } else if let (Capturer::Nftables(_), Some(dir)) = (&capturer, &args.bpf_pin_dir) {
+        tracing::info!(
             pin_dir = %dir.display(),
             "--bpf-pin-dir unused with nftables: the in-pod rules outlive the proxy anyway"
-        ),
-        _ => {}
+        );
     }
     tracing::info!(backend = capturer.name(), zds = %zds.display(), "in-pod mode: pods enroll over ZDS");
     if let zmesh_ebpf::Capturer::Ebpf(_) = capturer {
