@@ -73,8 +73,7 @@ fn serve(t: &mut Topology, pod: &Pod, name: &str) {
             &["serve-http", "--port", "8080", "--name", name],
         )
         .unwrap();
-    // Owned by the pod's cgroup: deleting the pod or the topology ends it.
-    std::mem::forget(p);
+    t.keep(p);
 }
 
 /// Drops the topology and checks nothing of it is left: processes, namespaces, cgroups,
