@@ -417,7 +417,10 @@ impl Topology {
     fn teardown(&mut self) {
         self.kept.clear();
         for node in &mut self.nodes {
-            node.stop_proxy(true);
+            // SIGTERM with a short grace: a clean exit when it is quick, never a long drain.
+            if let Some(p) = node.proxy.take() {
+                p.stop(Duration::from_millis(500));
+            }
             node.agent.take();
         }
         if let Some(c) = &mut self.controller {
