@@ -151,3 +151,56 @@ pub fn namespace_yaml(name: &str, ambient: bool) -> String {
     };
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels: {labels}\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> (PodSpec, Pod) {
+        let spec = PodSpec::new("demo", "web-1", 2)
+            .label("app", "web")
+            .service_account("web")
+            .port(8080);
+        let pod = Pod::new(&spec, "uid-1".into(), 7);
+        (spec, pod)
+    }
+
+    #[test]
+    fn addresses_follow_the_node_and_host_number() {
+        let (_, p) = pod();
+        assert_eq!(p.ip4, Ipv4Addr::new(198, 18, 2, 7));
+        assert_eq!(p.ip6.to_string(), "fd00:18:2::7");
+        assert_eq!(p.spiffe(), "spiffe://cluster.local/ns/demo/sa/web");
+    }
+
+    #[test]
+    fn pod_object_carries_what_kubelet_would_set() {
+        let (spec, p) = pod();
+        let y = p.yaml(&spec);
+        for want in [
+            "nodeName: node2",
+            "serviceAccountName: web",
+            "app: \"web\"",
+            "podIP: 198.18.2.7",
+            "{ip: \"fd00:18:2::7\"}",
+            "containerPort: 8080",
+            "uid: uid-1",
+        ] {
+            assert!(y.contains(want), "{want} in\n{y}");
+        }
+    }
+
+    #[test]
+    fn cni_config_is_json_with_the_agent_socket_and_both_ips() {
+        let (_, p) = pod();
+        let v: serde_json::Value =
+            serde_json::from_str(&p.cni_stdin("/run/cni.sock")).expect("valid JSON");
+        assert_eq!(v["agent_socket"], "/run/cni.sock");
+        assert_eq!(v["prevResult"]["ips"][0]["address"], "198.18.2.7/24");
+        assert_eq!(v["prevResult"]["ips"][1]["address"], "fd00:18:2::7/64");
+        assert!(
+            p.cni_args()
+                .contains("K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web-1")
+        );
+    }
+}
