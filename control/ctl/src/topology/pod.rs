@@ -123,11 +123,11 @@ impl Pod {
     }
 
     /// The CNI config zmesh-cni gets on stdin, with the bridge plugin's result.
-    pub(crate) fn cni_stdin(&self, agent_socket: &str) -> String {
+    pub(crate) fn cni_stdin(&self, agent_socket: &str, netns: &str) -> String {
         let n = self.node;
         format!(
             r#"{{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"zmesh-cni","agent_socket":"{agent_socket}","prevResult":{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"{sandbox}"}}],"ips":[{{"address":"{ip4}/24","gateway":"198.18.{n}.1","interface":0}},{{"address":"{ip6}/64","gateway":"fd00:18:{n}::1","interface":0}}]}}}}"#,
-            sandbox = "",
+            sandbox = netns,
             ip4 = self.ip4,
             ip6 = self.ip6,
         )
@@ -194,8 +194,13 @@ mod tests {
     fn cni_config_is_json_with_the_agent_socket_and_both_ips() {
         let (_, p) = pod();
         let v: serde_json::Value =
-            serde_json::from_str(&p.cni_stdin("/run/cni.sock")).expect("valid JSON");
+            serde_json::from_str(&p.cni_stdin("/run/cni.sock", "/proc/1/ns/net"))
+                .expect("valid JSON");
         assert_eq!(v["agent_socket"], "/run/cni.sock");
+        assert_eq!(
+            v["prevResult"]["interfaces"][0]["sandbox"],
+            "/proc/1/ns/net"
+        );
         assert_eq!(v["prevResult"]["ips"][0]["address"], "198.18.2.7/24");
         assert_eq!(v["prevResult"]["ips"][1]["address"], "fd00:18:2::7/64");
         assert!(

@@ -195,7 +195,7 @@ impl Topology {
             None => state.netns.path(),
         };
         let bin = self.bins.get("zmesh-cni")?;
-        let stdin = pod.cni_stdin(&node.cni_socket().display().to_string());
+        let stdin = pod.cni_stdin(&node.cni_socket().display().to_string(), &netns);
         let mut cmd = Command::new(&bin);
         cmd.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &pod.uid)
