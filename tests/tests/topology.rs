@@ -369,17 +369,28 @@ fn iperf3_for_ten_seconds_through_the_mesh() {
     finish(t, BpfIds::default());
 }
 
-/// Waits until the pod's eBPF links are all gone (`gone`) or present.
-fn wait_links(t: &Topology, pod: &Pod, gone: bool) {
-    let deadline = std::time::Instant::now() + SETTLE;
-    loop {
-        let ids = BpfIds::of_pod(t, pod);
-        if ids.links.is_empty() == gone {
-            return;
+/// Whether the pod's capture is in place: its eBPF links, or the nftables table in its netns.
+fn captured(t: &Topology, pod: &Pod, capture: Capture) -> bool {
+    match capture {
+        Capture::Nftables => {
+            let tables = t
+                .pod_netns(pod)
+                .unwrap()
+                .cmd("nft", &["list", "tables"])
+                .unwrap();
+            !tables.trim().is_empty()
         }
+        _ => !BpfIds::of_pod(t, pod).links.is_empty(),
+    }
+}
+
+/// Waits until the pod's capture is there (`want`) or gone.
+fn wait_captured(t: &Topology, pod: &Pod, capture: Capture, want: bool) {
+    let deadline = std::time::Instant::now() + SETTLE;
+    while captured(t, pod, capture) != want {
         assert!(
             std::time::Instant::now() < deadline,
-            "{}: links {ids:?}, want gone={gone}",
+            "{}: capture present != {want}",
             pod.id()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -394,39 +405,37 @@ fn via_proxy(t: &mut Topology, app: &App) -> bool {
     metric(t, 1, OPENED, &["reporter=\"source\""]) > before
 }
 
-#[test]
-fn label_removal_and_pod_deletion_release_capture() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut t = mesh(Capture::Ebpf);
+fn release(capture: Capture) {
+    let mut t = mesh(capture);
     let app = sample(&mut t);
     let mut seen = BpfIds::of(&t.footprint());
-    wait_links(&t, &app.client, false);
+    wait_captured(&t, &app.client, capture, true);
     assert!(via_proxy(&mut t, &app), "captured at first");
 
     t.set_pod_label(&app.client, MODE, Some("none")).unwrap();
-    wait_links(&t, &app.client, true);
+    wait_captured(&t, &app.client, capture, false);
     assert!(!via_proxy(&mut t, &app), "pod label none: released");
     t.set_pod_label(&app.client, MODE, None).unwrap();
-    wait_links(&t, &app.client, false);
+    wait_captured(&t, &app.client, capture, true);
     assert!(via_proxy(&mut t, &app), "label removed: captured again");
 
     t.apply("ns-demo.yaml", &namespace_yaml("demo", false))
         .unwrap();
-    wait_links(&t, &app.client, true);
-    wait_links(&t, &app.web, true);
+    wait_captured(&t, &app.client, capture, false);
+    wait_captured(&t, &app.web, capture, false);
     assert!(
         !via_proxy(&mut t, &app),
         "namespace label removed: released"
     );
     t.apply("ns-demo.yaml", &namespace_yaml("demo", true))
         .unwrap();
-    wait_links(&t, &app.client, false);
-    wait_links(&t, &app.web, false);
+    wait_captured(&t, &app.client, capture, true);
+    wait_captured(&t, &app.web, capture, true);
     let r = curl_until_ok(&mut t, &app.client, &format!("http://{WEB_VIP4}/"), SETTLE);
     assert_eq!(r.status, 200, "re-enrolled: {r:?}");
 
     let pod_links = BpfIds::of_pod(&t, &app.client);
-    assert!(!pod_links.links.is_empty());
+    assert_eq!(pod_links.links.is_empty(), capture == Capture::Nftables);
     seen.links.extend(BpfIds::of(&t.footprint()).links);
     t.delete_pod(&app.client).unwrap();
     assert!(
@@ -438,6 +447,18 @@ fn label_removal_and_pod_deletion_release_capture() {
         pod_links.still_there()
     );
     finish(t, seen);
+}
+
+#[test]
+fn label_removal_and_pod_deletion_release_capture_ebpf() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    release(Capture::Ebpf);
+}
+
+#[test]
+fn label_removal_and_pod_deletion_release_capture_nftables() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    release(Capture::Nftables);
 }
 
 fn proxy_restart(capture: Capture) {
