@@ -60,6 +60,9 @@ fn sample(t: &mut Topology) -> App {
         .unwrap();
     serve(t, &web, "web-2");
     let client = t.add_pod(PodSpec::new("demo", "client", 1)).unwrap();
+    for p in [&web, &client] {
+        t.wait_known(p, SETTLE).unwrap();
+    }
     let first = curl_until_ok(t, &client, &format!("http://{WEB_VIP4}/"), SETTLE);
     assert_eq!(first.status, 200, "client → web VIP: {first:?}");
     App { client, web }
