@@ -1,8 +1,10 @@
-//! `zmeshctl`: the zmesh command line. Today it runs the local demo mesh; install, inspect and
-//! waypoint commands come with the controller.
+//! `zmeshctl`: the zmesh command line. Today it runs the demo mesh; install, inspect and
+//! waypoint commands come later.
 #![forbid(unsafe_code)]
 
 mod demo;
+mod loopback;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -16,16 +18,22 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run a two-node mesh on this machine's loopback addresses: an HTTP service with two
-    /// replicas, a client that reaches it over mTLS (HBONE), a second client that an L4
-    /// AuthorizationPolicy denies, and the metrics that show it. Cleans up when done.
+    /// Run a two-node mesh on this machine (root: network namespaces, cgroups, eBPF): the
+    /// controller, a node agent and a node proxy per node, an HTTP service with two replicas
+    /// on different nodes, a curl client that reaches it over mTLS (HBONE), a second client
+    /// that an L4 AuthorizationPolicy denies, and the metrics that show it. Cleans up when
+    /// done. `--loopback` runs the older demo without root.
     Demo(demo::Args),
+    /// The demo's HTTP server (runs inside pods).
+    #[command(hide = true)]
+    ServeHttp(serve::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Demo(args) => demo::run(args),
+        Cmd::ServeHttp(args) => serve::run(args),
     };
     if let Err(e) = result {
         eprintln!("zmeshctl: {e:#}");
