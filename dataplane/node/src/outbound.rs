@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
@@ -207,6 +207,30 @@ impl OutboundError {
     }
 }
 
+/// How often a connection from a just-enrolled pod looks again for its workload.
+const POD_SOURCE_POLL: Duration = Duration::from_millis(10);
+
+/// The source workload of a captured pod's connection, with the state to serve it from.
+///
+/// The node agent enrolls a pod (and the pod's app starts) as soon as its capture is in place,
+/// which can be a moment before the controller's push names the workload and its certificate
+/// arrives. Like ztunnel, a connection in that window waits for them (up to the connect
+/// timeout) instead of being refused: refusing would fail an app's first request at start-up.
+async fn pod_workload(shard: &ShardRef, pod: &PodRef) -> (Arc<NodeState>, Option<Arc<Workload>>) {
+    let deadline = Instant::now() + shard.settings.connect_timeout;
+    loop {
+        let state = shard.state.load_full();
+        let src = state.pod_workload(pod).cloned();
+        let ready = src
+            .as_ref()
+            .is_some_and(|w| state.cert(&w.identity()).is_some());
+        if ready || Instant::now() >= deadline {
+            return (state, src);
+        }
+        zmesh_rt::sleep(POD_SOURCE_POLL).await;
+    }
+}
+
 /// What an upstream is once set up.
 enum Upstream {
     Tunnel(SendStream<Bytes>, RecvStream, Checkout),
@@ -223,16 +247,18 @@ async fn outbound(
     pod: Option<PodRef>,
 ) {
     let start = Instant::now();
-    let state = shard.state.load_full();
     let mut labels = TrafficLabels::new("source");
     guard.track("outbound", client, dst, None);
     let result = async {
-        let src = match &pod {
-            Some(p) => state.pod_workload(p),
-            None => state.local_workload(client.ip()),
-        }
-        .cloned()
-        .ok_or(OutboundError::UnknownSource(client))?;
+        let (state, src) = match &pod {
+            Some(p) => pod_workload(shard, p).await,
+            None => {
+                let state = shard.state.load_full();
+                let src = state.local_workload(client.ip()).cloned();
+                (state, src)
+            }
+        };
+        let src = src.ok_or(OutboundError::UnknownSource(client))?;
         telemetry::set_source(&mut labels, &src, &state.cluster_id);
         let resolution = state
             .mesh
