@@ -46,6 +46,10 @@ pub const INBOUND_PORT: u16 = 15006;
 pub const HBONE_PORT: u16 = 15008;
 /// SO_MARK the proxy puts on its own sockets (Istio's 0x539); the nftables rules skip it.
 pub const PROXY_MARK: u32 = 0x539;
+/// The mark on the proxy's connections to a captured pod's app when it keeps the client's
+/// address (Istio's inbound connmark): the pod routes marked replies back to the proxy, and
+/// the nftables rules let these connections through.
+pub const ORIG_SRC_MARK: u32 = 0x111;
 
 /// The proxy's ports inside every pod. The same for all pods of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -52,6 +52,7 @@ impl Nftables {
             hbone,
         } = self.ports;
         let mark = self.mark;
+        let orig_src = crate::ORIG_SRC_MARK;
         format!(
             "table inet {TABLE} {{}}\n\
              delete table inet {TABLE}\n\
@@ -65,6 +66,7 @@ impl Nftables {
              \tchain output {{\n\
              \t\ttype nat hook output priority -100; policy accept;\n\
              \t\tmeta mark & 0xfff == {mark:#x} return\n\
+             \t\tmeta mark & 0xfff == {orig_src:#x} return\n\
              \t\tip daddr {{ 0.0.0.0, 127.0.0.0/8 }} return\n\
              \t\tip6 daddr {{ ::, ::1 }} return\n\
              \t\tmeta l4proto tcp redirect to :{outbound}\n\

@@ -103,9 +103,11 @@ fn cross_node_vip_is_tls_only_on_the_wire_and_same_node_and_ipv6_work() {
     let r = curl(&mut t, &app.client, &format!("http://{WEB_VIP4}/{marker}"));
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("hello from web-2"), "{r:?}");
-    // Not asserted: ztunnel keeps the client's address towards the app; zmesh-node in in-pod
-    // mode connects from the server pod's own address today (a known gap).
-    eprintln!("cross-node via the VIP: {}", r.body.trim());
+    // As with ztunnel, the app sees the client pod's own address, not the proxy's.
+    assert!(
+        r.body.contains(&format!("you are {}", app.client.ip4)),
+        "the server app should see the client's address: {r:?}"
+    );
     let (packets, raw) = dump.stop();
     assert!(
         ports_of(&packets[0]).is_some(),
@@ -182,15 +184,20 @@ fn cross_node_vip_is_tls_only_on_the_wire_and_same_node_and_ipv6_work() {
         SETTLE,
     );
     assert_eq!(r.status, 200, "IPv6 VIP: {r:?}");
-    // Not asserted: the app sees the client's IPv6 address (ztunnel keeps it); zmesh-node
-    // connects from the server pod's own address for IPv6 today.
-    eprintln!("IPv6 via the VIP: {}", r.body.trim());
+    assert!(
+        r.body.contains(&format!("you are {}", app.client.ip6)),
+        "the server app should see the client's IPv6 address: {r:?}"
+    );
     let r = curl(
         &mut t,
         &app.client,
         &format!("http://[{}]:8080/", local.ip6),
     );
     assert_eq!(r.status, 200, "IPv6 same node: {r:?}");
+    assert!(
+        r.body.contains(&format!("you are {}", app.client.ip6)),
+        "same node, the app should see the client's IPv6 address: {r:?}"
+    );
     finish(t, seen);
 }
 

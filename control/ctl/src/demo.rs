@@ -230,9 +230,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The server's greeting without the peer address it saw (the node proxy's, today).
+/// The server's greeting, with the peer address it saw (the client pod's own: the node proxy
+/// keeps the source address).
 fn reply(body: &str) -> &str {
-    body.split(" (you are").next().unwrap_or(body).trim()
+    body.trim()
 }
 
 fn step(n: &str, what: &str) {

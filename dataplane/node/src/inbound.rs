@@ -440,11 +440,22 @@ async fn connect_app(
             format!("connect {target}: {e}"),
         )
     };
-    // In a pod, the app's replies to a foreign source would be routed out of the pod, not
-    // back to us: the in-pod route that returns them (Istio's mark 0x539 → table 100) is not
-    // part of eBPF capture, so the app sees the pod's own address there.
-    let src = (shard.settings.upstream.transparent && pod.is_none()).then_some(client.ip());
-    let sock = sockets::upstream_in(pod, target, src, shard.settings.upstream).map_err(fail)?;
+    // In a pod, the app's replies to a foreign source return to us only through the pod's
+    // route for marked packets (`zds::orig_src`): such connections carry that mark. Without
+    // the route the app sees the pod's own address.
+    let mut opts = shard.settings.upstream;
+    let keep = match pod {
+        None => opts.transparent,
+        Some(p) => {
+            let routed = opts.transparent && p.orig_src.load(std::sync::atomic::Ordering::Relaxed);
+            if routed {
+                opts.mark = Some(crate::zds::orig_src::ORIG_SRC_MARK);
+            }
+            routed
+        }
+    };
+    let src = keep.then_some(client.ip());
+    let sock = sockets::upstream_in(pod, target, src, opts).map_err(fail)?;
     match zmesh_rt::timeout(
         shard.settings.connect_timeout,
         TcpStream::connect(sock, target),

@@ -176,7 +176,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let pod_metrics = match (capturer, &args.zds_socket) {
         (Some(capturer), Some(path)) => {
             let m = Arc::new(zds::PodMetrics::default());
-            let pods = zds::Pods::new(senders.clone(), capturer, m.clone());
+            let pods = zds::Pods::new(senders.clone(), capturer, m.clone())
+                .keep_source(args.preserve_source_ip);
             zds::spawn(path.clone(), pods).context("starting the ZDS client")?;
             Some(m)
         }

@@ -26,6 +26,9 @@ pub struct Pod {
     /// The pod's addresses, read in its netns when it is enrolled: the fast way to its
     /// workload in the snapshot.
     pub ips: OnceLock<Vec<std::net::IpAddr>>,
+    /// Whether the pod routes marked replies back to the proxy, so its app can be reached
+    /// from the client's own address (`zds::orig_src`).
+    pub orig_src: std::sync::atomic::AtomicBool,
 }
 
 impl Pod {
@@ -113,6 +116,7 @@ mod tests {
             .join()
             .unwrap(),
             ips: OnceLock::new(),
+            orig_src: Default::default(),
         };
         let n = 2000;
         let start = std::time::Instant::now();

@@ -15,6 +15,7 @@
 //! pod churn, and enrolling blocks on the shards and the kernel anyway.
 
 mod metrics;
+pub mod orig_src;
 mod pods;
 
 use std::collections::HashSet;

@@ -70,6 +70,8 @@ pub struct Pods {
     metrics: Arc<PodMetrics>,
     by_uid: HashMap<String, Enrolled>,
     next_id: u64,
+    /// Install the return route that lets apps see the client's address (`orig_src`).
+    keep_source: bool,
 }
 
 impl Pods {
@@ -84,7 +86,15 @@ impl Pods {
             metrics,
             by_uid: HashMap::new(),
             next_id: 0,
+            keep_source: false,
         }
+    }
+
+    /// Whether pods' apps see the client's address (`--preserve-source-ip`): each enrolled
+    /// pod then gets the in-pod return route for marked replies.
+    pub fn keep_source(mut self, on: bool) -> Pods {
+        self.keep_source = on;
+        self
     }
 
     /// Enrolls a pod; returns once its traffic is captured and every shard serves it.
@@ -108,6 +118,7 @@ impl Pods {
             namespace: req.namespace,
             netns: OwnedFd::from(file),
             ips: Default::default(),
+            orig_src: Default::default(),
         });
         self.metrics.pending.fetch_add(1, Relaxed);
         let result = self.enroll(&pod, &req.cgroup);
@@ -132,7 +143,17 @@ impl Pods {
             return Err(PodError::NoCgroup);
         }
         let shards = self.shards.len();
+        let keep_source = self.keep_source;
         let (mut sockets, ips) = zmesh_ebpf::run_in_netns(pod.netns.as_fd(), || {
+            if keep_source {
+                match super::orig_src::install() {
+                    Ok(()) => pod.orig_src.store(true, Relaxed),
+                    // Served anyway: the app then sees the pod's own address as the source.
+                    Err(e) => {
+                        tracing::warn!(pod = %pod.uid, error = %e, "cannot keep the client's address for this pod")
+                    }
+                }
+            }
             Ok::<_, PodError>((
                 open_sockets(shards)?,
                 pod_addresses().map_err(PodError::Netns)?,
@@ -183,6 +204,9 @@ impl Pods {
             return Err(PodError::Unknown(uid.to_owned()));
         };
         let released = e.capture.take().map(PodGuard::release).transpose();
+        if e.pod.orig_src.load(Relaxed) {
+            let _ = zmesh_ebpf::run_in_netns(e.pod.netns.as_fd(), super::orig_src::remove);
+        }
         let mut replies = Vec::new();
         for tx in &self.shards {
             let (done, rx) = std::sync::mpsc::channel();
