@@ -1,8 +1,9 @@
-//! `zmeshctl`: the zmesh command line. Today it runs the local demo mesh; install, inspect and
-//! waypoint commands come with the controller.
+//! `zmeshctl`: the zmesh command line. Today it runs the demo mesh; install, inspect and
+//! waypoint commands come later.
 #![forbid(unsafe_code)]
 
 mod demo;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -20,12 +21,16 @@ enum Cmd {
     /// replicas, a client that reaches it over mTLS (HBONE), a second client that an L4
     /// AuthorizationPolicy denies, and the metrics that show it. Cleans up when done.
     Demo(demo::Args),
+    /// The demo's HTTP server (runs inside pods).
+    #[command(hide = true)]
+    ServeHttp(serve::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Demo(args) => demo::run(args),
+        Cmd::ServeHttp(args) => serve::run(args),
     };
     if let Err(e) = result {
         eprintln!("zmeshctl: {e:#}");
