@@ -6,11 +6,10 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-/// Which pod.
+/// Which pod (the servers are started with the topology, so only the client runs tools).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Client,
-    Server,
 }
 
 /// A finished command.
@@ -24,7 +23,6 @@ pub struct Ran {
 
 /// A process left running in a pod (killed at the latest when the topology goes down).
 pub trait Running {
-    fn pid(&self) -> u32;
     /// `Some(status)` once it has exited.
     fn exited(&mut self) -> Option<String>;
     fn kill(&mut self);
