@@ -84,6 +84,8 @@ pub fn up(s: &Settings, sys: SystemKind, logs: &Path) -> anyhow::Result<Box<dyn 
             Capture::Ebpf
         },
         shards: s.shards as usize,
+        // Pinning only matters across proxy restarts, which a benchmark does not do.
+        bpf_pin: false,
         proxy_log: "warn".into(),
         bins: Some(Bins::in_dir(&s.bin_dir)),
         // Renamed there at teardown: the path must not exist yet.
