@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::{Diagnostic, DirSource};
 use crate::resources::Resources;
+use crate::store::Store;
 use crate::translate::{MeshOptions, Warning, translate};
 
 /// Quiet time after the last file event before reloading.
@@ -45,6 +46,9 @@ pub struct WatchStatus {
     pub changes: u64,
     pub diagnostics: Vec<Diagnostic>,
     pub warnings: Vec<Warning>,
+    /// The objects in effect after the last reload (shared, not copied): for readers that
+    /// need the objects themselves, such as the node agent deciding which pods are enrolled.
+    pub store: Arc<Store>,
 }
 
 /// A running directory watch. Dropping it stops the watch and joins its thread.
@@ -177,6 +181,7 @@ impl Reloader {
             s.changes += u64::from(changed);
             s.diagnostics = load.diagnostics;
             s.warnings = translation.warnings;
+            s.store = Arc::new(load.store);
         });
     }
 
