@@ -86,7 +86,8 @@ pub fn up(s: &Settings, sys: SystemKind, logs: &Path) -> anyhow::Result<Box<dyn 
         shards: s.shards as usize,
         // Pinning only matters across proxy restarts, which a benchmark does not do.
         bpf_pin: false,
-        proxy_log: "warn".into(),
+        // The topology waits for an info line ("connected to the node agent").
+        proxy_log: "info".into(),
         bins: Some(Bins::in_dir(&s.bin_dir)),
         // Renamed there at teardown: the path must not exist yet.
         keep_dir: Some(logs.join("topology")),
