@@ -47,6 +47,24 @@ impl Capturer {
         }
     }
 
+    /// Pinned eBPF capture: unpins the links of pods this process has not captured (call once
+    /// the node agent has listed its pods). Returns how many pods were released.
+    pub fn prune_pins(&self) -> usize {
+        match self {
+            Self::Ebpf(c) => c.prune_pins(),
+            Self::Nftables(_) => 0,
+        }
+    }
+
+    /// Whether capture outlives this process (pinned eBPF links, or the nftables rules, which
+    /// stay in each pod's netns).
+    pub fn survives_restart(&self) -> bool {
+        match self {
+            Self::Ebpf(c) => c.pinned(),
+            Self::Nftables(_) => true,
+        }
+    }
+
     /// "ebpf" or "nftables", for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {

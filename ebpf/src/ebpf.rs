@@ -1,5 +1,6 @@
 //! The eBPF back end: loads `bpf/capture.bpf.c` once per node and attaches it per pod.
 
+use std::collections::HashMap as StdHashMap;
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -9,12 +10,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use aya::maps::{HashMap, MapData, SockHash};
 use aya::programs::cgroup_sock_addr::CgroupSockAddrLink;
 use aya::programs::cgroup_sockopt::CgroupSockoptLink;
+use aya::programs::links::FdLink;
 use aya::programs::sk_lookup::SkLookupLink;
 use aya::programs::sock_ops::SockOpsLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkLookup, SockOps};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::netns::{netns_cookie, own_cgroup, socket_netns_cookie};
+use crate::pin::{PINNED_MAPS, PinDir};
+use pinned::{PinnedPod, Pins, forget_proxy_flows};
+
+mod pinned;
 use crate::{Error, PodSpec, Ports};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture.bpf.o"));
@@ -32,6 +38,17 @@ const SOCKOPS: &str = "zm_sockops";
 const GETSOCKOPT: &str = "zm_getsockopt";
 const PROXY_SOCKOPS: &str = "zm_proxy_sockops";
 const SK_LOOKUP: &str = "zm_sk_lookup";
+/// Every per-pod link, in attach order.
+const POD_PROGRAMS: [&str; 8] = [
+    "zm_connect4",
+    "zm_connect6",
+    "zm_getpeername4",
+    "zm_getpeername6",
+    "zm_bind4",
+    "zm_bind6",
+    SOCKOPS,
+    SK_LOOKUP,
+];
 
 /// Cgroup attachments go through bpf_link (aya does so on 5.7+), which always stacks with
 /// other programs on the cgroup and must be created without attach flags; "Single" is aya's
@@ -40,6 +57,8 @@ const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 /// `struct zm_addr` in the C source: 16-byte address (IPv4 as v4-mapped), port, family.
 type AddrKey = [u8; 20];
+/// `struct zm_flow`: two 16-byte addresses and two ports.
+type FlowKey = [u8; 36];
 
 /// How to load the capture programs.
 #[derive(Debug, Clone, Default)]
@@ -49,6 +68,10 @@ pub struct LoadConfig {
     /// it created them): `cgroup/getsockopt` and the proxy's sockops program are attached
     /// there. Default: this process's own cgroup. It must not contain the pods' cgroups.
     pub proxy_cgroup: Option<PathBuf>,
+    /// A directory on a bpffs: pin the maps and every pod's links there, so pods stay
+    /// captured (failing closed) while the proxy is down and a restarted proxy adopts them.
+    /// `None`: links live and die with this process.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// The capture programs, loaded once per node. Dropping it detaches the proxy-side hook and
@@ -59,6 +82,7 @@ pub struct Capture {
     proxy_cgroup: PathBuf,
     _getsockopt: CgroupSockoptLink,
     _proxy_sockops: SockOpsLink,
+    pins: Option<Arc<Pins>>,
 }
 
 struct Maps {
@@ -79,12 +103,19 @@ impl Capture {
     /// The error says what is missing.
     pub fn detect() -> Result<(), Error> {
         crate::netns::cgroup2_mount()?;
-        load_programs(Ports::default()).map(drop)
+        load_programs(Ports::default(), None).map(drop)
     }
 
     /// Loads the programs and attaches the proxy-side hooks to the proxy's cgroup.
     pub fn load(config: LoadConfig) -> Result<Self, Error> {
-        let mut bpf = load_programs(config.ports)?;
+        let pin_dir = match &config.pin_dir {
+            Some(dir) => Some(PinDir::open(dir, OBJECT, config.ports)?),
+            None => None,
+        };
+        let mut bpf = load_programs(config.ports, pin_dir.as_ref())?;
+        if pin_dir.is_some() {
+            forget_proxy_flows(&mut bpf)?;
+        }
         let proxy_cgroup = match config.proxy_cgroup {
             Some(path) => path,
             None => own_cgroup()?,
@@ -95,7 +126,11 @@ impl Capture {
             captured: take_map(&mut bpf, "zm_captured")?,
             inbound: take_map(&mut bpf, "zm_inbound")?,
         };
-        tracing::info!(proxy_cgroup = %proxy_cgroup.display(), "eBPF capture loaded");
+        tracing::info!(
+            proxy_cgroup = %proxy_cgroup.display(),
+            pin_dir = ?config.pin_dir,
+            "eBPF capture loaded"
+        );
         let proxy_cgroup = proxy_cgroup.canonicalize().unwrap_or(proxy_cgroup);
         Ok(Self {
             bpf: Mutex::new(bpf),
@@ -103,7 +138,18 @@ impl Capture {
             proxy_cgroup,
             _getsockopt: getsockopt,
             _proxy_sockops: proxy_sockops,
+            pins: pin_dir.map(|dir| {
+                Arc::new(Pins {
+                    dir,
+                    active: Mutex::new(StdHashMap::new()),
+                })
+            }),
         })
+    }
+
+    /// Whether pods' links are pinned (capture survives a restart of this process).
+    pub fn pinned(&self) -> bool {
+        self.pins.is_some()
     }
 
     /// Kernel ids of the loaded programs (to check, e.g. with bpftool, that nothing is left).
@@ -134,6 +180,7 @@ impl Capture {
         })?;
         let mut pod = PodCapture {
             links: Vec::new(),
+            pinned: None,
             netns_cookie: cookie,
             inbound_keys: Vec::new(),
             maps: Arc::clone(&self.maps),
@@ -141,21 +188,30 @@ impl Capture {
         };
         pod.fill_maps(spec, cookie)?;
         // Maps first: once a hook is attached it must find the pod's entries.
-        attach_pod(&mut lock(&self.bpf), &cgroup, spec.netns, &mut pod.links)?;
+        let adopted = match &self.pins {
+            None => {
+                attach_pod(&mut lock(&self.bpf), &cgroup, spec.netns, &mut pod.links)?;
+                0
+            }
+            Some(pins) => self.attach_pinned(pins, &cgroup, spec.netns, &mut pod)?,
+        };
         tracing::info!(
             netns_cookie = cookie,
             cgroup = %spec.cgroup.display(),
             ips = ?spec.ips,
+            adopted_links = adopted,
             "pod captured (eBPF)"
         );
         Ok(pod)
     }
 }
 
-/// One captured pod. Dropping it detaches its links and removes its map entries; `release`
-/// does the same and reports errors.
+/// One captured pod. `release` detaches its links and removes its map entries. Dropping it
+/// does the same, except in pinned mode, where the pod stays captured (its pins hold the
+/// links) for the next run of the proxy to adopt.
 pub struct PodCapture {
     links: Vec<PodLink>,
+    pinned: Option<PinnedPod>,
     netns_cookie: u64,
     inbound_keys: Vec<AddrKey>,
     maps: Arc<Mutex<Maps>>,
@@ -167,16 +223,28 @@ impl std::fmt::Debug for PodCapture {
         f.debug_struct("PodCapture")
             .field("netns_cookie", &self.netns_cookie)
             .field("links", &self.links.len())
+            .field("pinned", &self.pinned.as_ref().map(|p| &p.dir))
             .finish_non_exhaustive()
     }
 }
 
 // Held only to be dropped: an owned aya link detaches on drop.
-#[allow(dead_code)]
 enum PodLink {
     SockAddr(CgroupSockAddrLink),
     SockOps(SockOpsLink),
     SkLookup(SkLookupLink),
+}
+
+impl PodLink {
+    /// The bpf_link behind it, to pin (cgroup links are bpf_links on 5.7+).
+    fn into_fd(self, name: &'static str) -> Result<FdLink, Error> {
+        let err = |source| Error::Link { name, source };
+        match self {
+            Self::SockAddr(l) => FdLink::try_from(l).map_err(err),
+            Self::SockOps(l) => FdLink::try_from(l).map_err(err),
+            Self::SkLookup(l) => Ok(FdLink::from(l)),
+        }
+    }
 }
 
 impl PodCapture {
@@ -221,6 +289,9 @@ impl PodCapture {
         }
         // Links first, so no hook runs against half-removed entries.
         self.links.clear();
+        if let Some(pinned) = self.pinned.take() {
+            pinned.unpin()?;
+        }
         let mut maps = lock(&self.maps);
         let mut result = Ok(());
         for key in self.inbound_keys.drain(..) {
@@ -254,18 +325,29 @@ impl PodCapture {
 
 impl Drop for PodCapture {
     fn drop(&mut self) {
+        // Pinned: the pod stays captured across this process's exit; only `release` ends it.
+        if self.pinned.is_some() {
+            return;
+        }
         if let Err(e) = self.undo() {
             tracing::warn!(error = %e, "releasing a captured pod");
         }
     }
 }
 
-fn load_programs(ports: Ports) -> Result<Ebpf, Error> {
-    let mut bpf = EbpfLoader::new()
+fn load_programs(ports: Ports, pins: Option<&PinDir>) -> Result<Ebpf, Error> {
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global("zm_outbound_port", &ports.outbound, true)
         .override_global("zm_inbound_port", &ports.inbound, true)
-        .override_global("zm_hbone_port", &ports.hbone, true)
-        .load(OBJECT)?;
+        .override_global("zm_hbone_port", &ports.hbone, true);
+    if let Some(pins) = pins {
+        // An existing pin is opened (the maps of the pods' adopted links), else created.
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, pins.map_path(name));
+        }
+    }
+    let mut bpf = loader.load(OBJECT)?;
     for name in SOCK_ADDR_PROGRAMS {
         let prog: &mut CgroupSockAddr = program(&mut bpf, name)?;
         prog.load()
@@ -298,27 +380,37 @@ fn attach_pod(
     netns: BorrowedFd<'_>,
     links: &mut Vec<PodLink>,
 ) -> Result<(), Error> {
-    for name in SOCK_ADDR_PROGRAMS {
-        let prog: &mut CgroupSockAddr = program(bpf, name)?;
-        let err = |source| Error::Program { name, source };
-        let id = prog.attach(cgroup, LINK_MODE).map_err(err)?;
-        links.push(PodLink::SockAddr(prog.take_link(id).map_err(err)?));
+    for name in POD_PROGRAMS {
+        links.push(attach_one(bpf, name, cgroup, netns)?);
     }
-    let prog: &mut SockOps = program(bpf, SOCKOPS)?;
-    let err = |source| Error::Program {
-        name: SOCKOPS,
-        source,
-    };
-    let id = prog.attach(cgroup, LINK_MODE).map_err(err)?;
-    links.push(PodLink::SockOps(prog.take_link(id).map_err(err)?));
-    let prog: &mut SkLookup = program(bpf, SK_LOOKUP)?;
-    let err = |source| Error::Program {
-        name: SK_LOOKUP,
-        source,
-    };
-    let id = prog.attach(netns).map_err(err)?;
-    links.push(PodLink::SkLookup(prog.take_link(id).map_err(err)?));
     Ok(())
+}
+
+/// Attaches one per-pod program: sk_lookup to the pod's netns, the others to its cgroup.
+fn attach_one(
+    bpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+    netns: BorrowedFd<'_>,
+) -> Result<PodLink, Error> {
+    let err = |source| Error::Program { name, source };
+    Ok(match name {
+        SOCKOPS => {
+            let prog: &mut SockOps = program(bpf, name)?;
+            let id = prog.attach(cgroup, LINK_MODE).map_err(err)?;
+            PodLink::SockOps(prog.take_link(id).map_err(err)?)
+        }
+        SK_LOOKUP => {
+            let prog: &mut SkLookup = program(bpf, name)?;
+            let id = prog.attach(netns).map_err(err)?;
+            PodLink::SkLookup(prog.take_link(id).map_err(err)?)
+        }
+        _ => {
+            let prog: &mut CgroupSockAddr = program(bpf, name)?;
+            let id = prog.attach(cgroup, LINK_MODE).map_err(err)?;
+            PodLink::SockAddr(prog.take_link(id).map_err(err)?)
+        }
+    })
 }
 
 /// The proxy-side hooks: `SO_ORIGINAL_DST` answers and the record of the proxy's own

@@ -33,4 +33,13 @@ pub enum Error {
     MissingListener(IpAddr),
     #[error("nft: {0}")]
     Nft(String),
+    #[error("--bpf-pin-dir {0} is not on a bpffs (mount one first: mount -t bpf bpf <dir>)")]
+    NotBpffs(PathBuf),
+    #[error("pin {path}: {source}")]
+    Pin { path: PathBuf, source: io::Error },
+    #[error("eBPF link {name}: {source}")]
+    Link {
+        name: &'static str,
+        source: aya::programs::links::LinkError,
+    },
 }

@@ -25,6 +25,7 @@ mod ebpf;
 mod error;
 mod netns;
 pub mod nftables;
+mod pin;
 
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
@@ -34,6 +35,7 @@ pub use backend::{Capturer, PodGuard};
 pub use ebpf::{Capture, LoadConfig, PodCapture};
 pub use error::Error;
 pub use netns::{cgroup2_mount, run_in_netns};
+pub use pin::check_bpffs;
 
 /// The outbound listener's port (Istio's 15001). Captured connects go to `127.0.0.1` or `::1`
 /// at this port inside the pod's netns.

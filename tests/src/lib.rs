@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod netns;
+pub mod topo;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream as StdTcpStream};

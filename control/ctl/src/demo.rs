@@ -1,238 +1,336 @@
-//! The local demo mesh: two `zmesh-node` processes on loopback addresses, an HTTP service with
-//! a replica behind each node, and two clients entering through SOCKS5.
+//! `zmeshctl demo`: a two-node mesh on this machine's network namespaces (root), the sample
+//! app on it, an mTLS request, an L4 AuthorizationPolicy denying a second client, the metrics
+//! that show both, then a clean teardown.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use zmesh_ctl::topology::{Bins, Capture, Options, Pod, PodSpec, Topology, namespace_yaml};
 
 /// Options of `zmeshctl demo`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The node proxy binary (default: `zmesh-node` beside this binary).
-    #[arg(long, value_name = "PATH")]
-    node_bin: Option<PathBuf>,
+    /// Directory of zmesh-node, zmesh-control, zmesh-agent and zmesh-cni (default: beside
+    /// this binary).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Capture back end of the node proxies: auto, ebpf or nftables.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "ebpf", "nftables"])]
+    capture: String,
     /// Keep the mesh running until Ctrl-C instead of cleaning up at once.
     #[arg(long)]
     keep: bool,
+    /// The older demo without root: two node proxies on loopback addresses, clients entering
+    /// through SOCKS5 (no capture, no controller).
+    #[arg(long)]
+    loopback: bool,
 }
 
-const CONFIG: &str = r#"# The demo mesh, in the shape of ztunnel's local config.
-workloads:
-- uid: demo//v1/Pod/demo/client
-  name: client
-  namespace: demo
-  serviceAccount: client
-  workloadIps: ["127.0.1.10"]
-  protocol: HBONE
-  node: node-a
-- uid: demo//v1/Pod/demo/intruder
-  name: intruder
-  namespace: demo
-  serviceAccount: intruder
-  workloadIps: ["127.0.1.11"]
-  protocol: HBONE
-  node: node-a
-- uid: demo//v1/Pod/demo/web-1
-  name: web-1
-  namespace: demo
-  serviceAccount: web
-  workloadIps: ["127.0.2.10"]
-  protocol: HBONE
-  node: node-b
-  canonicalName: web
-  services: {"demo/web.demo.svc.cluster.local": {80: 8080}}
-- uid: demo//v1/Pod/demo/web-2
-  name: web-2
-  namespace: demo
-  serviceAccount: web
-  workloadIps: ["127.0.1.20"]
-  protocol: HBONE
-  node: node-a
-  canonicalName: web
-  services: {"demo/web.demo.svc.cluster.local": {80: 8080}}
-services:
-- name: web
-  namespace: demo
-  hostname: web.demo.svc.cluster.local
-  vips: ["/127.0.100.1"]
-  ports: {80: 8080}
-# AuthorizationPolicy "web-allow-client": only the client's identity may reach the web pods.
-policies:
-- name: web-allow-client
-  namespace: demo
-  scope: Namespace
-  action: Allow
-  rules:
-  - - - principals: [{Exact: "cluster.local/ns/demo/sa/client"}]
+const VIP: &str = "198.19.1.10";
+
+const APP: &str = r#"# The sample app: Service "web" in front of the pods labelled app=web.
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {app: web}
+  clusterIP: 198.19.1.10
+  clusterIPs: [198.19.1.10]
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
 "#;
 
-const NODES: [(&str, &str); 2] = [("node-a", "127.0.1.1"), ("node-b", "127.0.2.1")];
-const VIP: &str = "127.0.100.1:80";
-
-struct Nodes(Vec<Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+const POLICY: &str = r#"# Only the client's identity may reach the web pods (L4: identities, not paths).
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-allow-client, namespace: demo}
+spec:
+  selector:
+    matchLabels: {app: web}
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/demo/sa/client"]
+"#;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if !cfg!(target_os = "linux") {
-        bail!("the demo needs Linux (io_uring or epoll, loopback addresses 127.0.x.y)");
+    if args.loopback {
+        return crate::loopback::run(args.bin_dir.map(|d| d.join("zmesh-node")), args.keep);
     }
-    let bin = match args.node_bin {
-        Some(b) => b,
-        None => std::env::current_exe()?.with_file_name("zmesh-node"),
-    };
-    if !bin.exists() {
+    if !cfg!(target_os = "linux") {
+        bail!("the demo needs Linux (network namespaces, cgroup v2, eBPF or nftables)");
+    }
+    if !nix::unistd::geteuid().is_root() {
         bail!(
-            "{} not found: build it with `cargo build --release -p zmesh-node`",
-            bin.display()
+            "the demo builds network namespaces, cgroups and eBPF capture, so it needs root: \
+             run it with sudo (`sudo {}`), or try `zmeshctl demo --loopback` (no root, no capture)",
+            std::env::args().collect::<Vec<_>>().join(" ")
         );
     }
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("mesh.yaml");
-    std::fs::write(&config, CONFIG)?;
-    step(
-        "1/5",
-        &format!(
-            "starting two node proxies ({} and {}) with a development CA",
-            NODES[0].1, NODES[1].1
-        ),
-    );
-    let nodes = Nodes(
-        NODES
-            .iter()
-            .map(|(name, ip)| start_node(&bin, dir.path(), &config, name, ip))
-            .collect::<anyhow::Result<_>>()?,
-    );
-    for (name, ip) in NODES {
-        wait_ready(name, ip, dir.path())?;
+    let bins = match &args.bin_dir {
+        Some(d) => Bins::in_dir(d),
+        None => Bins::discover()?,
+    };
+    bins.check_mesh()?;
+    for tool in ["curl", "ip"] {
+        std::process::Command::new(tool)
+            .arg(if tool == "ip" { "-V" } else { "--version" })
+            .output()
+            .with_context(|| {
+                format!(
+                    "the demo runs `{tool}`: install it (apt-get install {})",
+                    if tool == "ip" { "iproute2" } else { "curl" }
+                )
+            })?;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        step("2/5", "web-1 (behind node-b) and web-2 (behind node-a) serve HTTP on :8080");
-        for (name, ip) in [("web-1", "127.0.2.10"), ("web-2", "127.0.1.20")] {
-            tokio::spawn(http_server(name, format!("{ip}:8080").parse()?));
+    let stop = ctrl_c_flag()?;
+    let capture = match args.capture.as_str() {
+        "ebpf" => Capture::Ebpf,
+        "nftables" => Capture::Nftables,
+        _ => Capture::Auto,
+    };
+
+    step("1/6", "building a two-node cluster from network namespaces");
+    let t0 = Instant::now();
+    let mut t = Topology::up(Options {
+        capture,
+        bins: Some(bins),
+        ..Options::default()
+    })?;
+    for n in 1..=2 {
+        let backend = backend(&t, n);
+        println!(
+            "      node{n} 198.19.0.{n}: zmesh-agent (pid {}) and zmesh-node (pid {}, capture: {backend}) ready",
+            t.agent_pid(n).unwrap_or(0),
+            t.proxy_pid(n).unwrap_or(0)
+        );
+    }
+    println!(
+        "      controller zmesh-control on 198.19.0.254:15012 ({:.1} s)",
+        t0.elapsed().as_secs_f64()
+    );
+    check(&stop)?;
+
+    step(
+        "2/6",
+        "applying the sample app: namespace demo (istio.io/dataplane-mode=ambient), web ×2, client, intruder",
+    );
+    t.apply("namespace.yaml", &namespace_yaml("demo", true))?;
+    t.apply("app.yaml", APP)?;
+    let mut pods = Vec::new();
+    for (name, node, sa, app) in [
+        ("web-1", 1, "web", Some("web")),
+        ("web-2", 2, "web", Some("web")),
+        ("client", 1, "client", None),
+        ("intruder", 2, "intruder", None),
+    ] {
+        let mut spec = PodSpec::new("demo", name, node).service_account(sa);
+        if let Some(a) = app {
+            spec = spec.label("app", a).port(8080);
         }
-        step("3/5", "client → web.demo.svc.cluster.local (VIP 127.0.100.1:80) over HBONE mTLS");
-        for _ in 0..4 {
-            let reply = http_get_via_socks("127.0.1.10", VIP).await?;
-            println!("      client got: {reply}");
-        }
-        step("4/5", "intruder (another identity) → same service: the AuthorizationPolicy denies it");
-        match http_get_via_socks("127.0.1.11", VIP).await {
-            Ok(r) => bail!("the intruder was let through: {r}"),
-            Err(e) => println!("      intruder refused: {e}"),
-        }
-        step("5/5", "metrics from node-b (istio_tcp_*, reporter=destination)");
-        let metrics = scrape("127.0.2.1:15020")?;
-        for line in metrics.lines().filter(|l| {
-            (l.starts_with("istio_tcp_connections_opened_total") || l.starts_with("istio_tcp_connections_failed_total"))
+        let started = Instant::now();
+        let pod = t.add_pod(spec)?;
+        println!(
+            "      pod demo/{name:<8} on node{node}  {:<12} captured (CNI ADD {} ms)",
+            pod.ip4,
+            started.elapsed().as_millis()
+        );
+        pods.push(pod);
+    }
+    for web in &pods[..2] {
+        let p = t.spawn(
+            web,
+            "zmeshctl",
+            &["serve-http", "--port", "8080", "--name", &web.name],
+        )?;
+        // Ends with its pod's cgroup at teardown.
+        std::mem::forget(p);
+    }
+    let (client, intruder) = (pods[2].clone(), pods[3].clone());
+    check(&stop)?;
+
+    step(
+        "3/6",
+        &format!("client → http://web.demo (VIP {VIP}:80) with curl, through the node proxies"),
+    );
+    let url = format!("http://{VIP}/");
+    wait_ok(&mut t, &client, &url)?;
+    for _ in 0..4 {
+        let (code, body) = curl(&mut t, &client, &url)?;
+        println!("      {code} {}", reply(&body));
+    }
+    check(&stop)?;
+
+    step(
+        "4/6",
+        "over mTLS (HBONE, port 15008): what the receiving node proxies saw",
+    );
+    for n in 1..=2 {
+        let m = t.metrics(n)?;
+        for line in m.lines().filter(|l| {
+            l.starts_with("istio_tcp_connections_opened_total")
                 && l.contains("reporter=\"destination\"")
                 && !l.ends_with(" 0")
         }) {
-            println!("      {}", shorten(line));
+            println!("      node{n}: {}", shorten(line));
         }
-        if args.keep {
-            println!("\nThe mesh keeps running (admin: http://127.0.1.1:15000/config_dump). Ctrl-C to stop.");
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+    }
+    check(&stop)?;
+
+    step(
+        "5/6",
+        "AuthorizationPolicy web-allow-client: only spiffe://cluster.local/ns/demo/sa/client may reach app=web",
+    );
+    t.apply("policy.yaml", POLICY)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let denied = loop {
+        let (code, body) = curl(&mut t, &intruder, &url)?;
+        if code != "200" {
+            break body;
         }
-        anyhow::Ok(())
-    })?;
-    drop(nodes);
-    println!("\nDone: node proxies stopped, temporary files removed.");
+        if Instant::now() > deadline {
+            bail!("the intruder is still let through: {body}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("      intruder (sa/intruder): refused: {}", denied.trim());
+    let (code, body) = curl(&mut t, &client, &url)?;
+    println!("      client   (sa/client):   {code} {}", reply(&body));
+    check(&stop)?;
+
+    step(
+        "6/6",
+        "metrics (istio_tcp_*, reporter=destination, both nodes)",
+    );
+    for n in 1..=2 {
+        let m = t.metrics(n)?;
+        for line in m.lines().filter(|l| {
+            (l.starts_with("istio_tcp_connections_opened_total")
+                || l.starts_with("istio_tcp_connections_failed_total"))
+                && l.contains("reporter=\"destination\"")
+                && !l.ends_with(" 0")
+        }) {
+            println!("      node{n}: {}", shorten(line));
+        }
+    }
+    if args.keep {
+        println!(
+            "\nThe mesh keeps running (work dir {}; logs, config, pcap-able node netns). Ctrl-C to stop.",
+            t.dir().display()
+        );
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    drop(t);
+    println!("\nDone: processes stopped; namespaces, cgroups, bpffs and temporary files removed.");
     Ok(())
+}
+
+/// The server's greeting without the peer address it saw (the node proxy's, today).
+fn reply(body: &str) -> &str {
+    body.split(" (you are").next().unwrap_or(body).trim()
 }
 
 fn step(n: &str, what: &str) {
     println!("[{n}] {what}");
 }
 
-fn start_node(
-    bin: &Path,
-    dir: &Path,
-    config: &Path,
-    name: &str,
-    ip: &str,
-) -> anyhow::Result<Child> {
-    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    Command::new(bin)
-        .args(["--config"])
-        .arg(config)
-        .args(["--node-name", name, "--dev-ca"])
-        .arg(dir.join("ca"))
-        .args([
-            "--outbound-addr",
-            &format!("{ip}:15001"),
-            "--socks5-addr",
-            &format!("{ip}:15080"),
-        ])
-        .args([
-            "--admin-addr",
-            &format!("{ip}:15000"),
-            "--metrics-addr",
-            &format!("{ip}:15020"),
-        ])
-        .args(["--readiness-addr", &format!("{ip}:15021"), "--log", "warn"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))
+/// Set on Ctrl-C or SIGTERM, so the demo stops between steps and still cleans up.
+fn ctrl_c_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            set.store(true, Ordering::SeqCst);
+        });
+    });
+    Ok(flag)
 }
 
-fn wait_ready(name: &str, ip: &str, dir: &Path) -> anyhow::Result<()> {
+fn check(stop: &AtomicBool) -> anyhow::Result<()> {
+    if stop.load(Ordering::SeqCst) {
+        bail!("interrupted; cleaning up");
+    }
+    Ok(())
+}
+
+/// The capture back end node N's proxy logged at start-up.
+fn backend(t: &Topology, n: usize) -> String {
+    let log = t
+        .proxy_log(n)
+        .ok()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    log.lines()
+        .find_map(|l| {
+            l.split_once("backend=\"")?
+                .1
+                .split('"')
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// curl in the pod: (status code, body or curl's error).
+fn curl(t: &mut Topology, pod: &Pod, url: &str) -> anyhow::Result<(String, String)> {
+    let out = t.run(
+        pod,
+        "curl",
+        &["-sS", "--max-time", "5", "-w", "\n%{http_code}", url],
+        Duration::from_secs(15),
+    )?;
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", "000"));
+    let body = if out.success {
+        body.to_string()
+    } else {
+        format!(
+            "curl exit {}: {}",
+            out.code.unwrap_or(-1),
+            out.stderr.trim()
+        )
+    };
+    Ok((code.trim().to_string(), body))
+}
+
+/// Waits until the config reached the proxies and the first request succeeds.
+fn wait_ok(t: &mut Topology, pod: &Pod, url: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
-    let addr: SocketAddr = format!("{ip}:15021").parse()?;
-    while Instant::now() < deadline {
-        if let Ok(body) = http_get_blocking(addr, "/healthz/ready")
-            && body.split_whitespace().nth(1) == Some("200")
-        {
-            println!("      {name} ready");
+    loop {
+        let (code, body) = curl(t, pod, url)?;
+        if code == "200" {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        if Instant::now() > deadline {
+            bail!("no answer from {url}: {code} {body}\n{}", t.log_tails(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-    let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
-    bail!("{name} did not become ready; its log:\n{log}")
-}
-
-fn http_get_blocking(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
-
-fn scrape(addr: &str) -> anyhow::Result<String> {
-    Ok(http_get_blocking(addr.parse()?, "/metrics")?)
 }
 
 /// Keeps the labels a reader cares about.
 fn shorten(line: &str) -> String {
     let keep = [
         "source_principal",
-        "destination_workload",
-        "destination_service=",
+        "destination_principal",
+        "connection_security_policy",
         "response_flags",
     ];
     let Some((name, rest)) = line.split_once('{') else {
@@ -246,55 +344,4 @@ fn shorten(line: &str) -> String {
         .filter(|l| keep.iter().any(|k| l.starts_with(k)))
         .collect();
     format!("{name}{{{}}}{value}", kept.join(","))
-}
-
-async fn http_server(name: &'static str, addr: SocketAddr) -> anyhow::Result<()> {
-    let l = TcpListener::bind(addr).await?;
-    loop {
-        let (mut s, peer) = l.accept().await?;
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await;
-            let body = format!("hello from {name} (you are {})\n", peer.ip());
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = s.write_all(resp.as_bytes()).await;
-            let _ = s.shutdown().await;
-        });
-    }
-}
-
-/// An HTTP GET through node-a's SOCKS5 listener, from the given client address.
-async fn http_get_via_socks(src: &str, dst: &str) -> anyhow::Result<String> {
-    let src: IpAddr = src.parse()?;
-    let dst: SocketAddr = dst.parse()?;
-    let sock = TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(src, 0))?;
-    let mut s: TcpStream = sock.connect("127.0.1.1:15080".parse()?).await?;
-    s.write_all(&[5, 1, 0]).await?;
-    let mut greet = [0u8; 2];
-    s.read_exact(&mut greet).await?;
-    let SocketAddr::V4(v4) = dst else {
-        bail!("IPv4 only in the demo")
-    };
-    let mut req = vec![5, 1, 0, 1];
-    req.extend_from_slice(&v4.ip().octets());
-    req.extend_from_slice(&v4.port().to_be_bytes());
-    s.write_all(&req).await?;
-    let mut reply = [0u8; 10];
-    s.read_exact(&mut reply).await?;
-    match reply[1] {
-        0 => {}
-        2 => bail!(
-            "connection not allowed by policy (SOCKS5 reply 2; the server answered HBONE 401)"
-        ),
-        code => bail!("SOCKS5 reply {code}"),
-    }
-    s.write_all(b"GET / HTTP/1.1\r\nhost: web.demo.svc.cluster.local\r\n\r\n")
-        .await?;
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await??;
-    Ok(out.lines().last().unwrap_or_default().to_string())
 }

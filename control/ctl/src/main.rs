@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod loopback;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -17,9 +18,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run a two-node mesh on this machine's loopback addresses: an HTTP service with two
-    /// replicas, a client that reaches it over mTLS (HBONE), a second client that an L4
-    /// AuthorizationPolicy denies, and the metrics that show it. Cleans up when done.
+    /// Run a two-node mesh on this machine (root: network namespaces, cgroups, eBPF): the
+    /// controller, a node agent and a node proxy per node, an HTTP service with two replicas
+    /// on different nodes, a curl client that reaches it over mTLS (HBONE), a second client
+    /// that an L4 AuthorizationPolicy denies, and the metrics that show it. Cleans up when
+    /// done. `--loopback` runs the older demo without root.
     Demo(demo::Args),
     /// The demo's HTTP server (runs inside pods).
     #[command(hide = true)]

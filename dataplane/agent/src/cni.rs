@@ -2,7 +2,13 @@
 //! request line, one JSON answer line, then the agent closes. Versioned by being shipped
 //! together: the plugin and the agent come from the same build.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+/// How long the agent holds a DEL for the node proxy to release the pod; after that DEL
+/// succeeds anyway (the proxy's next snapshot releases it).
+pub const DEL_WAIT: Duration = Duration::from_secs(5);
 
 /// What the plugin asks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,8 @@
 //!   the object store) × the node proxy connection → ZDS requests and CNI answers.
 //! - [`zds`]: the ZDS server end (SOCK_SEQPACKET, netns fd as SCM_RIGHTS) the node proxy
 //!   connects to; [`cni`]: the private JSON protocol between `zmesh-cni` and the agent;
-//!   [`podns`]: a pod's netns and cgroup; [`agent`]: the threads that drive the core.
+//!   [`podns`]: a pod's netns and cgroup; [`state`]: running pods remembered across agent
+//!   restarts; [`agent`]: the threads that drive the core.
 //! - [`plugin`]: the CNI plugin's logic (env + netconf → answer), for the `zmesh-cni` binary.
 //!
 //! It does not capture traffic itself: the node proxy does, when it gets the pod's netns.
@@ -18,4 +19,5 @@ pub mod core;
 pub mod enroll;
 pub mod plugin;
 pub mod podns;
+pub mod state;
 pub mod zds;

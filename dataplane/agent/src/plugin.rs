@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::cni::{CniRequest, CniResponse, PodRef};
+use crate::cni::{CniRequest, CniResponse, DEL_WAIT, PodRef};
 
 /// The CNI spec versions whose ADD/DEL/CHECK/VERSION this plugin implements.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
@@ -163,7 +163,7 @@ fn add(
 }
 
 fn del(socket: &str, pod: PodRef) -> Result<String, CniError> {
-    match ask(socket, &CniRequest::Del { pod }, AGENT_MARGIN) {
+    match ask(socket, &CniRequest::Del { pod }, DEL_WAIT + AGENT_MARGIN) {
         Ok(CniResponse::Deleted) => Ok(String::new()),
         Ok(CniResponse::Error { message }) => Err(err(ERR_TRY_AGAIN, message)),
         Ok(other) => Err(unexpected(&other)),

@@ -27,6 +27,11 @@ pub enum PodNsError {
     RootCgroup { pid: u32 },
     #[error("no cgroup v2 hierarchy is mounted (needed for the pod's cgroup)")]
     NoCgroup2,
+    #[error(
+        "the pod's cgroup would be {0}, which also holds the node agent: is the pod's pause \
+         process in its own cgroup (a child of the pod's) yet?"
+    )]
+    SharedCgroup(PathBuf),
 }
 
 /// Opens the netns at `path` (kept by the agent while the pod runs).
@@ -78,6 +83,11 @@ pub fn pod_cgroup(netns: &OwnedFd, path: &Path) -> Result<PathBuf, PodNsError> {
         .parent()
         .filter(|p| *p != Path::new("/"))
         .ok_or(PodNsError::RootCgroup { pid })?;
+    // Capture attaches to this cgroup and everything under it: never to one above ourselves
+    // (a pause process not yet moved to its cgroup would point at the runtime's parent).
+    if process_cgroup(std::process::id()).is_some_and(|me| Path::new(&me).starts_with(parent)) {
+        return Err(PodNsError::SharedCgroup(parent.to_owned()));
+    }
     Ok(root.join(parent.strip_prefix("/").unwrap_or(parent)))
 }
 

@@ -220,6 +220,14 @@ pub struct Args {
     #[arg(long, env = "ZMESH_CAPTURE", default_value = "auto", value_parser = ["auto", "ebpf", "nftables"], value_name = "BACKEND")]
     pub capture: String,
 
+    /// In-pod eBPF capture: a directory on a bpffs (e.g. under /sys/fs/bpf) where the maps and
+    /// every captured pod's links are pinned, so pods stay captured while this proxy is down:
+    /// their connections fail (closed) instead of bypassing the mesh, and the next run adopts
+    /// the links when the node agent re-sends the pods. Layout: DIR/obj-<hash>/maps/,
+    /// DIR/obj-<hash>/pods/<netns cookie>/. Without it, capture ends with this process.
+    #[arg(long, env = "ZMESH_BPF_PIN_DIR", value_name = "DIR")]
+    pub bpf_pin_dir: Option<PathBuf>,
+
     /// Log filter (RUST_LOG syntax), e.g. "info,zmesh_node=debug".
     #[arg(long, env = "RUST_LOG", default_value = "info", value_name = "FILTER")]
     pub log: String,

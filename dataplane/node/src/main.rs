@@ -236,8 +236,16 @@ fn run(args: Args) -> anyhow::Result<()> {
 /// be enrolled. The proxy's own cgroup gets the proxy-side hooks: it must hold only the proxy.
 fn in_pod_setup(zds: &std::path::Path, args: &Args) -> anyhow::Result<zmesh_ebpf::Capturer> {
     use zmesh_ebpf::{Capturer, LoadConfig, nftables::Nftables};
+    if let Some(dir) = &args.bpf_pin_dir {
+        // Checked up front: under "auto" a bad directory must not quietly mean nftables.
+        zmesh_ebpf::check_bpffs(dir).context("--bpf-pin-dir")?;
+    }
+    let load = LoadConfig {
+        pin_dir: args.bpf_pin_dir.clone(),
+        ..LoadConfig::default()
+    };
     let capturer = match args.capture.as_str() {
-        "ebpf" => zmesh_ebpf::Capture::load(LoadConfig::default())
+        "ebpf" => zmesh_ebpf::Capture::load(load)
             .map(Capturer::Ebpf)
             .context("eBPF capture (--capture ebpf)")?,
         "nftables" => {
@@ -246,9 +254,19 @@ fn in_pod_setup(zds: &std::path::Path, args: &Args) -> anyhow::Result<zmesh_ebpf
             // The rules skip packets with our mark, so they must use the one our sockets carry.
             Capturer::Nftables(Nftables::new(ports, args.packet_mark))
         }
-        _ => Capturer::choose(LoadConfig::default())
-            .context("no traffic capture available for in-pod mode")?,
+        _ => Capturer::choose(load).context("no traffic capture available for in-pod mode")?,
     };
+    if !capturer.survives_restart() {
+        tracing::warn!(
+            "eBPF capture without --bpf-pin-dir: pods' capture ends with this process, so \
+             while it is down their traffic bypasses the mesh"
+        );
+    } else if let (Capturer::Nftables(_), Some(dir)) = (&capturer, &args.bpf_pin_dir) {
+        tracing::info!(
+            pin_dir = %dir.display(),
+            "--bpf-pin-dir unused with nftables: the in-pod rules outlive the proxy anyway"
+        );
+    }
     tracing::info!(backend = capturer.name(), zds = %zds.display(), "in-pod mode: pods enroll over ZDS");
     if let zmesh_ebpf::Capturer::Ebpf(_) = capturer {
         match podns::cgroup_neighbours() {

@@ -270,6 +270,10 @@ pub fn original_dst(s: &TcpStream) -> (SocketAddr, &'static str) {
 
 /// The test proxy: 15001 on loopback (v4, v6), 15006 and 15008 on every address.
 pub fn start_proxy(pod: BorrowedFd<'_>) -> Server {
+    // Its sockets must be made in the proxy's cgroup, where the getsockopt hook is: a socket
+    // belongs to the cgroup its process was in when it was created (accepted ones inherit the
+    // listener's), so a test that starts the proxy before loading must not leave it outside.
+    proxy_cgroup();
     let addrs: Vec<SocketAddr> = vec![
         "0.0.0.0:15006".parse().unwrap(),
         "[::]:15006".parse().unwrap(),

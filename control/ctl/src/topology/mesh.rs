@@ -259,10 +259,11 @@ impl Node {
 
     /// Stops the proxy: SIGTERM (`graceful`) or SIGKILL.
     pub fn stop_proxy(&mut self, graceful: bool) {
-        if let Some(p) = self.proxy.take() {
-            if graceful {
-                p.stop(Duration::from_secs(5));
-            }
+        // Dropping the process kills it (SIGKILL); a graceful stop sends SIGTERM first.
+        if let Some(p) = self.proxy.take()
+            && graceful
+        {
+            p.stop(Duration::from_secs(5));
         }
     }
 }

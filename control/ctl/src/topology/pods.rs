@@ -69,16 +69,17 @@ impl Topology {
         });
         self.pods.push(PodState {
             pod: pod.clone(),
+            spec: spec.clone(),
             netns,
             cgroup,
             pause: Some(pause),
             apps: 0,
         });
-        if self.opts.mesh {
-            if let Err(e) = self.cni(&pod, "ADD") {
-                let _ = self.delete_pod(&pod);
-                return Err(e);
-            }
+        if self.opts.mesh
+            && let Err(e) = self.cni(&pod, "ADD")
+        {
+            let _ = self.delete_pod(&pod);
+            return Err(e);
         }
         Ok(pod)
     }
@@ -100,6 +101,29 @@ impl Topology {
             let _ = self.remove(&pod.file());
         }
         cni.and(removed)
+    }
+
+    /// Sets (`Some`) or removes (`None`) a label of a running pod by rewriting its Pod
+    /// object, e.g. `istio.io/dataplane-mode=none` to take it out of the mesh.
+    pub fn set_pod_label(
+        &mut self,
+        pod: &Pod,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), Error> {
+        let i = self.pod_index(pod)?;
+        let spec = &mut self.pods[i].spec;
+        spec.labels.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            spec.labels.push((key.into(), v.into()));
+        }
+        let yaml = self.pods[i].pod.yaml(&self.pods[i].spec);
+        self.apply(&pod.file(), &yaml)
+    }
+
+    /// The pod's cgroup (`sandbox` and `app-<n>` below it).
+    pub fn pod_cgroup(&self, pod: &Pod) -> Result<std::path::PathBuf, Error> {
+        Ok(self.pods[self.pod_index(pod)?].cgroup.clone())
     }
 
     /// Every pod, in creation order.

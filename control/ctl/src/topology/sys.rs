@@ -4,6 +4,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -243,7 +244,9 @@ impl Proc {
             }
             None => Command::new(program),
         };
-        cmd.args(args).stdin(Stdio::null());
+        // Its own process group: a Ctrl-C at the terminal reaches only the owner, which then
+        // tears the topology down in order.
+        cmd.args(args).stdin(Stdio::null()).process_group(0);
         for (k, v) in env {
             cmd.env(k, v);
         }

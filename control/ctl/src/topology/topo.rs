@@ -11,6 +11,7 @@ use super::{Bins, CONTROLLER_V4, Error, Footprint, OUTSIDE_V4, OUTSIDE_V6, Optio
 /// A pod's resources, owned by the topology.
 pub(super) struct PodState {
     pub pod: Pod,
+    pub spec: super::pod::PodSpec,
     pub netns: Netns,
     pub cgroup: PathBuf,
     pub pause: Option<Proc>,
@@ -418,10 +419,10 @@ impl Topology {
         if let Err(e) = sys::cgroup_remove(&self.cgroup) {
             eprintln!("topology teardown: {e}");
         }
-        if let Some(dir) = self.bpffs.take() {
-            if let Err(e) = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH) {
-                eprintln!("topology teardown: umount {}: {e}", dir.display());
-            }
+        if let Some(dir) = self.bpffs.take()
+            && let Err(e) = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH)
+        {
+            eprintln!("topology teardown: umount {}: {e}", dir.display());
         }
         self.pods.clear();
         self.nodes.clear();

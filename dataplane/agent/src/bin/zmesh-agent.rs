@@ -27,6 +27,10 @@ struct Args {
     /// Unix socket zmesh-cni talks to (the netconf's agent_socket).
     #[arg(long)]
     cni_socket: PathBuf,
+    /// File remembering the running pods, so a restarted agent re-sends them to the node
+    /// proxy instead of releasing them [default: zmesh-agent-pods.json beside --cni-socket]
+    #[arg(long)]
+    state_file: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `zmesh_agent=debug`.
     #[arg(long, default_value = "info", env = "ZMESH_LOG")]
     log: String,
@@ -42,7 +46,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .init();
+    let state_file = args.state_file.unwrap_or_else(|| {
+        args.cni_socket
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("zmesh-agent-pods.json")
+    });
     zmesh_agent::agent::run(&zmesh_agent::agent::Config {
+        state_file,
         node_name: args.node_name,
         config_dir: args.config_dir,
         zds_socket: args.zds_socket,

@@ -44,11 +44,11 @@ fn pod_object(ns: &str, name: &str, sa: &str) -> String {
 /// The agent process, killed on drop (its log printed if the test failed).
 struct Agent {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     config: PathBuf,
-    log: PathBuf,
     zds: PathBuf,
     cni: PathBuf,
+    runs: u32,
 }
 
 impl Agent {
@@ -56,46 +56,55 @@ impl Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("config");
         std::fs::create_dir(&config).expect("config dir");
-        let log = dir.path().join("agent.log");
+        let tmp = config.join(".mesh.yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write config");
+        std::fs::rename(&tmp, config.join("mesh.yaml")).expect("rename config");
         let mut agent = Agent {
-            child: Command::new(env!("CARGO_BIN_EXE_zmesh-agent"))
-                .args(["--node-name", "node1", "--config-dir"])
-                .arg(&config)
-                .arg("--zds-socket")
-                .arg(dir.path().join("zds.sock"))
-                .arg("--cni-socket")
-                .arg(dir.path().join("cni.sock"))
-                .args(["--log", "debug"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file"))
-                .spawn()
-                .expect("start zmesh-agent"),
+            child: Command::new("true").spawn().expect("placeholder"),
             zds: dir.path().join("zds.sock"),
             cni: dir.path().join("cni.sock"),
             config,
-            log,
-            _dir: dir,
+            dir,
+            runs: 0,
         };
-        agent.write_config(yaml);
-        // Written before the agent's first load or just after: either way it is watched.
+        agent.spawn();
+        agent
+    }
+
+    /// Starts (again) and waits until it logs that it is ready.
+    fn spawn(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.runs += 1;
+        self.child = Command::new(env!("CARGO_BIN_EXE_zmesh-agent"))
+            .args(["--node-name", "node1", "--config-dir"])
+            .arg(&self.config)
+            .arg("--zds-socket")
+            .arg(&self.zds)
+            .arg("--cni-socket")
+            .arg(&self.cni)
+            .args(["--log", "debug"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.log_path()).expect("log file"))
+            .spawn()
+            .expect("start zmesh-agent");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !agent.log().contains("node agent ready") {
-            if let Some(status) = agent.child.try_wait().expect("wait") {
-                panic!("zmesh-agent exited ({status}): {}", agent.log());
+        while !self.log().contains("node agent ready") {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                panic!("zmesh-agent exited ({status}): {}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready: {}",
-                agent.log()
-            );
+            assert!(Instant::now() < deadline, "agent not ready: {}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(
-            agent.zds.exists() && agent.cni.exists(),
+            self.zds.exists() && self.cni.exists(),
             "sockets bound before ready"
         );
-        agent
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("agent-{}.log", self.runs))
     }
 
     /// Replaces the config (write then rename, as a ConfigMap update does).
@@ -106,7 +115,7 @@ impl Agent {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     fn proxy(&self) -> Proxy {
@@ -217,7 +226,7 @@ fn ambient_pod_is_captured_before_add_returns_and_follows_labels_and_reconnects(
             pod_object("demo", "web", "web-sa")
         )
     };
-    let agent = Agent::start(&config(true));
+    let mut agent = Agent::start(&config(true));
     let proxy = agent.proxy();
     proxy.expect_snapshot();
 
@@ -267,9 +276,28 @@ fn ambient_pod_is_captured_before_add_returns_and_follows_labels_and_reconnects(
     proxy.expect_snapshot();
     proxy.expect_nothing();
 
+    // The agent restarts: it remembers the running pod and re-sends it with its netns, so the
+    // proxy's new snapshot does not release it.
+    agent.spawn();
+    let proxy = agent.proxy();
+    expect_add(&proxy, &web, "web-sa");
+    proxy.ack("");
+    proxy.expect_snapshot();
+    proxy.expect_nothing();
+    assert!(agent.log().contains("pod restored"), "{}", agent.log());
+
     // DEL releases; a second DEL (unknown pod now) still succeeds.
-    let del = agent.cni("DEL", &web, 10);
-    proxy.expect_del(&web.uid);
+    let mut del = agent.cni("DEL", &web, 10);
+    match proxy.recv() {
+        Got::Del(uid) => assert_eq!(uid, web.uid),
+        other => panic!("expected del, got {other:?}"),
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        still_running(&mut del),
+        "DEL returned before the proxy released the pod"
+    );
+    proxy.ack("");
     assert_eq!(finish(del), (0, Value::Null));
     assert_eq!(finish(agent.cni("DEL", &web, 10)), (0, Value::Null));
     let (code, out) = finish(agent.cni("CHECK", &web, 10));
@@ -311,6 +339,18 @@ fn add_fails_clearly_without_a_proxy_or_when_capture_fails() {
         msg.contains("demo/refused") && msg.contains("permission denied"),
         "{msg}"
     );
+    // A pause process outside a pod cgroup: capture would attach to the wrong cgroup (ours or
+    // the root), so ADD refuses and the proxy hears nothing.
+    let stray = Pod::start_uncontained("fail", "demo", "stray");
+    let (code, out) = finish(agent.cni("ADD", &stray, 10));
+    assert_eq!(code, 1, "{out}");
+    let msg = out["msg"].as_str().expect("msg");
+    assert!(
+        msg.contains("demo/stray") && msg.contains("cgroup"),
+        "{msg}"
+    );
+    eprintln!("stray pod: {msg}");
+    proxy.expect_nothing();
 }
 
 #[test]

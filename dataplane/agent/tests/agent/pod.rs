@@ -41,6 +41,15 @@ fn in_netns<T: Send>(netns: BorrowedFd<'_>, f: impl FnOnce() -> T + Send) -> T {
 impl Pod {
     /// `tag` keeps cgroup names apart between tests running at once.
     pub fn start(tag: &str, namespace: &str, name: &str) -> Pod {
+        Self::start_in(tag, namespace, name, true)
+    }
+
+    /// A pod whose pause process stayed in the test's own cgroup (a runtime bug or race).
+    pub fn start_uncontained(tag: &str, namespace: &str, name: &str) -> Pod {
+        Self::start_in(tag, namespace, name, false)
+    }
+
+    fn start_in(tag: &str, namespace: &str, name: &str, contained: bool) -> Pod {
         let root = zmesh_agent::podns::cgroup2_mount().expect("a cgroup v2 hierarchy is mounted");
         let cgroup = root.join(format!(
             "zmesh-agent-test-{}-{tag}-{name}",
@@ -58,15 +67,23 @@ impl Pod {
         let sandbox = pod.cgroup.join("sandbox");
         std::fs::create_dir(&sandbox).expect("sandbox cgroup");
         let procs = sandbox.join("cgroup.procs");
+        let join = if contained {
+            format!("echo $$ > {} && ", procs.display())
+        } else {
+            String::new()
+        };
         let child = in_netns(pod.netns.as_fd(), || {
             Command::new("sh")
                 .arg("-c")
-                .arg(format!("echo $$ > {} && exec sleep 600", procs.display()))
+                .arg(format!("{join}exec sleep 600"))
                 .stdin(Stdio::null())
                 .spawn()
                 .expect("pause process")
         });
         pod.pause = Some(child);
+        if !contained {
+            return pod;
+        }
         // The pause process must have moved itself into the sandbox before any ADD.
         for _ in 0..200 {
             if !std::fs::read_to_string(&procs)

@@ -6,7 +6,8 @@
 //!   start until the ack, so no app traffic escapes capture;
 //! - `del`: release capture, close the listeners, drop the fds, ack;
 //! - `keep` / `snapshot_sent`: after (re)connecting the agent lists its pods; once the snapshot
-//!   is sent, pods it did not list are released.
+//!   is sent, pods it did not list are released, including pods whose capture an earlier run
+//!   of the proxy left pinned (`--bpf-pin-dir`): a re-sent pod's pinned links are adopted.
 //!
 //! When the agent goes away the client reconnects with backoff; captured pods stay captured
 //! until a new snapshot says otherwise. A bad request is answered with an error in the ack,

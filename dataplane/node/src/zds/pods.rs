@@ -151,6 +151,18 @@ impl Pods {
             inbound_v4,
             inbound_v6,
         })?;
+        if let Err(e) = self.hand_to_shards(pod, &mut sockets) {
+            // Not enrolled after all: undo capture (a pinned one would outlive the drop).
+            if let Err(release) = capture.release() {
+                tracing::warn!(pod = %pod.uid, error = %release, "releasing capture of a failed add");
+            }
+            return Err(e);
+        }
+        tracing::debug!(pod = %pod.uid, ?ips, shards, "pod listeners handed to the shards");
+        Ok(capture)
+    }
+
+    fn hand_to_shards(&self, pod: &PodRef, sockets: &mut [PodSockets]) -> Result<(), PodError> {
         let mut replies = Vec::new();
         for (i, tx) in self.shards.iter().enumerate() {
             let (done, rx) = std::sync::mpsc::channel();
@@ -162,9 +174,7 @@ impl Pods {
             tx.send(cmd).map_err(|_| PodError::Shard(i))?;
             replies.push(rx);
         }
-        wait_all(replies)?;
-        tracing::debug!(pod = %pod.uid, ?ips, shards, "pod listeners handed to the shards");
-        Ok(capture)
+        wait_all(replies)
     }
 
     /// Releases a pod: capture first (its traffic then flows directly), then its listeners.
@@ -201,7 +211,9 @@ impl Pods {
                 tracing::warn!(pod = %uid, error = %e, "removing a pod missing from the snapshot");
             }
         }
-        gone.len()
+        // Pods captured by an earlier run of the proxy (pinned links) that the agent did not
+        // list again: gone while we were down.
+        gone.len() + self.capturer.prune_pins()
     }
 
     pub fn contains(&self, uid: &str) -> bool {

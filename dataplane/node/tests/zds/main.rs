@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod agent;
+mod restart;
 mod topology;
 
 use std::io::{Read, Write};
@@ -51,6 +52,7 @@ fn main() {
         match role.as_str() {
             "server" => serve(&args[0]),
             "client" => client(&args[0], args[1].parse().unwrap()),
+            "tally" => restart::tally(&args[0], &args[1]),
             other => panic!("unknown role {other}"),
         }
         return;
@@ -59,6 +61,8 @@ fn main() {
     for backend in ["ebpf", "nftables"] {
         in_pod_mode(backend);
         println!("test zds::in_pod_mode({backend}) ... ok");
+        restart::capture_survives_restart(backend);
+        println!("test zds::capture_survives_restart({backend}) ... ok");
     }
 }
 
@@ -203,16 +207,17 @@ fn nft_table(pod: &Pod) -> bool {
 /// before their cgroups and namespaces go.
 struct World {
     node: NodeProxy,
+    args: Vec<String>,
     _servers: Vec<Proc>,
     agent: agent::Agent,
     a: Pod,
     b: Pod,
     c: Pod,
     d: Pod,
-    _node_cg: Cgroup,
+    node_cg: Cgroup,
     host_cg: Cgroup,
     node_ns: std::os::fd::OwnedFd,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 const MTLS_IN: [&str; 2] = [
@@ -221,7 +226,7 @@ const MTLS_IN: [&str; 2] = [
 ];
 
 fn in_pod_mode(backend: &str) {
-    let (w, session) = start(backend);
+    let (w, session) = start(backend, &[]);
     // Not enrolled yet: nothing is attached.
     assert_eq!(bpf_attached(&w.a), (0, 0));
     let fds_before = w.node.fds();
@@ -233,7 +238,7 @@ fn in_pod_mode(backend: &str) {
     release(&w, &session, fds_before);
 }
 
-fn start(backend: &str) -> (World, agent::Session) {
+fn start(backend: &str, extra: &[String]) -> (World, agent::Session) {
     let dir = tempfile::tempdir().unwrap();
     let node_ns = node_netns();
     let (a, b, c, d) = (
@@ -282,31 +287,22 @@ fn start(backend: &str) -> (World, agent::Session) {
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(extra.iter().cloned())
     .collect();
-    let node = NodeProxy {
-        proc: Proc::spawn(
-            node_ns.as_fd(),
-            &node_cg.0,
-            Path::new(env!("CARGO_BIN_EXE_zmesh-node")),
-            &args,
-            &[],
-            Some(&log),
-        ),
-        netns: node_ns.try_clone().unwrap(),
-        log: log.clone(),
-    };
+    let node = spawn_node(&node_ns, &node_cg, &args, &log);
     let w = World {
         node,
+        args,
         _servers: servers,
         agent,
         a,
         b,
         c,
         d,
-        _node_cg: node_cg,
+        node_cg,
         host_cg,
         node_ns,
-        _dir: dir,
+        dir,
     };
     let session = w.agent.accept(Duration::from_secs(30));
     wait_for("metrics", Duration::from_secs(10), || {
@@ -315,11 +311,38 @@ fn start(backend: &str) -> (World, agent::Session) {
     let logged = std::fs::read_to_string(&log).unwrap();
     let line = format!("in-pod mode: pods enroll over ZDS backend=\"{backend}\"");
     assert!(logged.contains(&line), "capture back end logged:\n{logged}");
+    let pinned = extra.iter().any(|a| a == "--bpf-pin-dir");
+    assert_eq!(
+        logged.contains("without --bpf-pin-dir"),
+        backend == "ebpf" && !pinned,
+        "warned that capture does not survive a restart only when it does not:\n{logged}"
+    );
     assert!(
         !logged.contains("other processes share"),
         "the proxy has its cgroup to itself:\n{logged}"
     );
     (w, session)
+}
+
+/// Starts `zmesh-node` in the node's netns and cgroup, logging to `log`.
+fn spawn_node(
+    node_ns: &std::os::fd::OwnedFd,
+    cg: &Cgroup,
+    args: &[String],
+    log: &Path,
+) -> NodeProxy {
+    NodeProxy {
+        proc: Proc::spawn(
+            node_ns.as_fd(),
+            &cg.0,
+            Path::new(env!("CARGO_BIN_EXE_zmesh-node")),
+            args,
+            &[],
+            Some(log),
+        ),
+        netns: node_ns.try_clone().unwrap(),
+        log: log.to_owned(),
+    }
 }
 
 /// The ack means captured: traffic right after it goes through the proxy, a → b over HBONE.

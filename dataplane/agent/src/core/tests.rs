@@ -298,11 +298,19 @@ fn del_releases_a_captured_pod_and_is_idempotent() {
     h.add("demo", "a", 1);
     h.core.proxy_ack(1, "");
     h.actions();
-    assert_eq!(h.core.cni_del("", "c-a"), Some("uid-a".into()));
-    assert_eq!(h.actions(), vec![send_del(1, "a")]);
+    assert_eq!(
+        h.core.cni_del(50, ("", "c-a"), TIMEOUT, h.now),
+        Some("uid-a".into())
+    );
+    assert_eq!(
+        h.actions(),
+        vec![send_del(1, "a")],
+        "DEL waits for the release"
+    );
     h.core.proxy_ack(1, "");
-    assert_eq!(h.core.cni_del("uid-a", "c-a"), None);
-    assert_eq!(h.actions(), vec![]);
+    assert_eq!(h.actions(), vec![reply(50, Ok(Enrollment::Released))]);
+    assert_eq!(h.core.cni_del(51, ("uid-a", "c-a"), TIMEOUT, h.now), None);
+    assert_eq!(h.actions(), vec![reply(51, Ok(Enrollment::Released))]);
     assert_eq!(h.core.status("uid-a", ""), None);
 }
 
@@ -314,10 +322,12 @@ fn del_while_the_add_is_in_flight_releases_after_the_ack() {
     h.actions();
     let req = h.add("demo", "a", 1);
     h.actions();
-    h.core.cni_del("uid-a", "");
+    h.core.cni_del(50, ("uid-a", ""), TIMEOUT, h.now);
     assert_eq!(h.actions(), vec![reply(req, Err(AddError::Deleted))]);
     h.core.proxy_ack(1, "");
     assert_eq!(h.actions(), vec![send_del(1, "a")]);
+    h.core.proxy_ack(1, "");
+    assert_eq!(h.actions(), vec![reply(50, Ok(Enrollment::Released))]);
 }
 
 #[test]
@@ -327,7 +337,12 @@ fn deleted_pods_are_not_in_the_next_snapshot() {
     h.add("demo", "b", 2);
     h.advance(TIMEOUT);
     h.actions();
-    h.core.cni_del("uid-a", "");
+    h.core.cni_del(50, ("uid-a", ""), TIMEOUT, h.now);
+    assert_eq!(
+        h.actions(),
+        vec![reply(50, Ok(Enrollment::Released))],
+        "no proxy: at once"
+    );
     h.core.proxy_connected(1);
     assert_eq!(h.actions(), vec![send_add(1, "b", "demo", 2)]);
 }
@@ -391,4 +406,73 @@ fn an_enrolled_pod_without_a_cgroup_fails_at_once_but_others_do_not_need_one() {
     pod.uid = "u2".into();
     h.core.cni_add(2, pod, TIMEOUT, h.now);
     assert_eq!(h.actions(), vec![reply(2, Ok(Enrollment::NotEnrolled))]);
+}
+
+#[test]
+fn pods_restored_after_an_agent_restart_are_in_the_snapshot() {
+    let mut h = Harness::new(&format!("{}{}", ns("demo", true), ns("plain", false)));
+    for (name, ns, fd) in [("a", "demo", 1), ("p", "plain", 2)] {
+        h.core.restore(NewPod {
+            uid: format!("uid-{name}"),
+            namespace: ns.into(),
+            name: name.into(),
+            container_id: format!("c-{name}"),
+            cgroup: Ok(format!("/sys/fs/cgroup/pods/{name}")),
+            netns: fd,
+        });
+    }
+    assert_eq!(h.actions(), vec![], "nothing to answer, no proxy yet");
+    h.core.proxy_connected(1);
+    assert_eq!(h.actions(), vec![send_add(1, "a", "demo", 1)]);
+    h.core.proxy_ack(1, "");
+    assert_eq!(h.actions(), vec![snapshot(1)]);
+}
+
+#[test]
+fn del_succeeds_when_the_proxy_does_not_answer_or_goes_away() {
+    let mut h = Harness::new(&ns("demo", true));
+    h.core.proxy_connected(1);
+    h.core.proxy_ack(1, "");
+    h.add("demo", "a", 1);
+    h.core.proxy_ack(1, "");
+    h.add("demo", "b", 2);
+    h.core.proxy_ack(1, "");
+    h.actions();
+    h.core
+        .cni_del(50, ("uid-a", ""), Duration::from_secs(5), h.now);
+    assert_eq!(h.actions(), vec![send_del(1, "a")]);
+    h.advance(Duration::from_secs(5));
+    assert_eq!(h.actions(), vec![reply(50, Ok(Enrollment::Released))]);
+    h.core.proxy_ack(1, "");
+    h.core
+        .cni_del(51, ("uid-b", ""), Duration::from_secs(5), h.now);
+    assert_eq!(h.actions(), vec![send_del(1, "b")]);
+    h.core.proxy_gone(1);
+    assert_eq!(h.actions(), vec![reply(51, Ok(Enrollment::Released))]);
+}
+
+#[test]
+fn a_repeated_add_during_the_first_add_is_answered_by_the_add_of_the_new_netns() {
+    let mut h = Harness::new(&ns("demo", true));
+    h.core.proxy_connected(1);
+    h.core.proxy_ack(1, "");
+    h.actions();
+    let first = h.add("demo", "a", 1);
+    assert_eq!(h.actions(), vec![send_add(1, "a", "demo", 1)]);
+    let second = h.add("demo", "a", 2);
+    assert_eq!(h.actions(), vec![]);
+    h.core.proxy_ack(1, "");
+    assert_eq!(
+        h.actions(),
+        vec![send_add(1, "a", "demo", 2)],
+        "the old netns's ack is not enough"
+    );
+    h.core.proxy_ack(1, "");
+    assert_eq!(
+        h.actions(),
+        vec![
+            reply(first, Ok(Enrollment::Captured)),
+            reply(second, Ok(Enrollment::Captured))
+        ]
+    );
 }

@@ -16,90 +16,9 @@ use zmesh_control::store::Store;
 
 use crate::enroll;
 
-/// Identifies a CNI request waiting for an answer.
-pub type ReqId = u64;
-/// Identifies one node proxy connection.
-pub type ConnId = u64;
+pub use self::types::{Action, AddError, ConnId, Enrollment, NewPod, PodStatus, ReqId, Request};
 
-/// A pod the CNI plugin reported as started on this node. `F` is its netns handle (an fd in
-/// the agent, anything clonable in tests).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewPod<F> {
-    pub uid: String,
-    pub namespace: String,
-    pub name: String,
-    pub container_id: String,
-    /// The pod's cgroup v2 directory (absolute path), or why it was not found: only an
-    /// enrolled pod needs it (eBPF capture attaches to it).
-    pub cgroup: Result<String, String>,
-    pub netns: F,
-}
-
-/// A ZDS request for the proxy.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Request<F> {
-    Add {
-        uid: String,
-        name: String,
-        namespace: String,
-        service_account: String,
-        cgroup: String,
-        netns: F,
-    },
-    Del {
-        uid: String,
-    },
-    SnapshotSent,
-}
-
-/// How a CNI ADD ended well.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Enrollment {
-    /// The node proxy acked the pod's `add`: its traffic is captured.
-    Captured,
-    /// The pod is not enrolled; it runs outside the mesh.
-    NotEnrolled,
-}
-
-/// Why a CNI ADD for an enrolled pod failed (the pod must not start uncaptured).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AddError {
-    #[error(
-        "no node proxy connected to the agent within {0:?}: the pod would run uncaptured \
-         (is zmesh-node running with --zds-socket?)"
-    )]
-    NoProxy(Duration),
-    #[error("the node proxy did not confirm capture within {0:?}")]
-    NotConfirmed(Duration),
-    #[error("the node proxy could not capture the pod: {0}")]
-    Rejected(String),
-    #[error("the pod was deleted before it was captured")]
-    Deleted,
-    #[error("the pod's cgroup: {0}")]
-    NoCgroup(String),
-}
-
-/// What the driver must do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action<F> {
-    /// Send a request on the proxy connection (its answer comes back as [`Core::proxy_ack`]).
-    Send { conn: ConnId, request: Request<F> },
-    /// Answer a CNI ADD.
-    Reply {
-        req: ReqId,
-        result: Result<Enrollment, AddError>,
-    },
-    /// Close a proxy connection that a newer one replaced.
-    Close { conn: ConnId },
-}
-
-/// What CHECK reports about a pod.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PodStatus {
-    pub enrolled: bool,
-    /// The connected node proxy acked the pod's `add`.
-    pub captured: bool,
-}
+mod types;
 
 struct Pod<F> {
     namespace: String,
@@ -112,11 +31,14 @@ struct Pod<F> {
     held: bool,
     /// The proxy refused its `add` on this connection: not retried until something changes.
     failed: bool,
+    /// Changes when a repeated ADD replaces the pod: an ack for an `add` of the earlier
+    /// version (another netns) does not count for this one.
+    generation: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum InFlight {
-    Add(String),
+    Add(String, u64),
     Del(String),
     Snapshot,
 }
@@ -142,7 +64,10 @@ pub struct Core<F> {
     gone: BTreeSet<String>,
     proxy: Option<Proxy>,
     waiters: Vec<Waiter>,
+    /// DELs waiting for the proxy to ack the pod's `del`.
+    releases: Vec<Waiter>,
     actions: VecDeque<Action<F>>,
+    generations: u64,
 }
 
 impl<F: Clone> Core<F> {
@@ -153,7 +78,9 @@ impl<F: Clone> Core<F> {
             gone: BTreeSet::new(),
             proxy: None,
             waiters: Vec::new(),
+            releases: Vec::new(),
             actions: VecDeque::new(),
+            generations: 0,
         }
     }
 
@@ -181,13 +108,46 @@ impl<F: Clone> Core<F> {
     /// A CNI ADD: an enrolled pod is answered once the proxy acks its `add` (or at
     /// `now + timeout`); another pod is answered at once.
     pub fn cni_add(&mut self, req: ReqId, pod: NewPod<F>, timeout: Duration, now: Instant) {
+        let uid = pod.uid.clone();
+        let (namespace, name) = (pod.namespace.clone(), pod.name.clone());
+        let (enrolled, no_cgroup) = self.insert(pod);
+        tracing::info!(pod = %uid, %namespace, %name, enrolled, "pod started");
+        let result = match (enrolled, no_cgroup) {
+            (false, _) => Ok(Enrollment::NotEnrolled),
+            (true, Some(why)) => {
+                tracing::warn!(pod = %uid, error = %why, "enrolled pod without a cgroup");
+                Err(AddError::NoCgroup(why))
+            }
+            (true, None) => {
+                self.waiters.push(Waiter {
+                    req,
+                    uid,
+                    deadline: now + timeout,
+                    timeout,
+                });
+                self.pump();
+                return;
+            }
+        };
+        self.actions.push_back(Action::Reply { req, result });
+        self.pump();
+    }
+
+    /// A pod that was running before the agent restarted (no CNI request waits for it).
+    pub fn restore(&mut self, pod: NewPod<F>) {
+        tracing::info!(pod = %pod.uid, namespace = %pod.namespace, name = %pod.name, "pod restored");
+        self.insert(pod);
+        self.pump();
+    }
+
+    /// Adds or replaces a running pod: whether it is enrolled, and why it has no cgroup.
+    fn insert(&mut self, pod: NewPod<F>) -> (bool, Option<String>) {
         let enrolled = enroll::enrolled(&self.store, &pod.namespace, &pod.name);
-        tracing::info!(pod = %pod.uid, namespace = %pod.namespace, name = %pod.name, enrolled, "pod started");
         // A repeated ADD (a retry, or a re-created sandbox) re-sends the pod: the proxy treats
         // an add of a netns it already serves as done.
         self.gone.remove(&pod.uid);
-        let uid = pod.uid.clone();
         let no_cgroup = pod.cgroup.as_ref().err().cloned();
+        self.generations += 1;
         self.pods.insert(
             pod.uid,
             Pod {
@@ -199,43 +159,44 @@ impl<F: Clone> Core<F> {
                 enrolled,
                 held: false,
                 failed: enrolled && no_cgroup.is_some(),
+                generation: self.generations,
             },
         );
-        if let (true, Some(why)) = (enrolled, no_cgroup) {
-            tracing::warn!(pod = %uid, error = %why, "enrolled pod without a cgroup");
-            self.actions.push_back(Action::Reply {
-                req,
-                result: Err(AddError::NoCgroup(why)),
-            });
-        } else if enrolled {
-            self.waiters.push(Waiter {
-                req,
-                uid,
-                deadline: now + timeout,
-                timeout,
-            });
-        } else {
-            self.actions.push_back(Action::Reply {
-                req,
-                result: Ok(Enrollment::NotEnrolled),
-            });
-        }
-        self.pump();
+        (enrolled, no_cgroup)
     }
 
-    /// A CNI DEL, by pod uid or container id; returns the uid when the pod was known.
-    pub fn cni_del(&mut self, uid: &str, container_id: &str) -> Option<String> {
-        let uid = self.find(uid, container_id)?;
+    /// A CNI DEL, by pod uid or container id: answered once the proxy acked the pod's `del`
+    /// (bounded by `timeout`), so its capture is gone when DEL returns; at once when the proxy
+    /// does not hold the pod. Returns the uid when the pod was known.
+    pub fn cni_del(
+        &mut self,
+        req: ReqId,
+        (uid, container_id): (&str, &str),
+        timeout: Duration,
+        now: Instant,
+    ) -> Option<String> {
+        let Some(uid) = self.find(uid, container_id) else {
+            self.reply(req, Ok(Enrollment::Released));
+            return None;
+        };
         let pod = self.pods.remove(&uid)?;
         tracing::info!(pod = %uid, namespace = %pod.namespace, name = %pod.name, "pod deleted");
         let adding = self
             .proxy
             .as_ref()
-            .is_some_and(|p| p.in_flight == Some(InFlight::Add(uid.clone())));
-        if pod.held || adding {
-            self.gone.insert(uid.clone());
-        }
+            .is_some_and(|p| matches!(&p.in_flight, Some(InFlight::Add(u, _)) if *u == uid));
         self.answer(&uid, &Err(AddError::Deleted));
+        if (pod.held || adding) && self.proxy.is_some() {
+            self.gone.insert(uid.clone());
+            self.releases.push(Waiter {
+                req,
+                uid: uid.clone(),
+                deadline: now + timeout,
+                timeout,
+            });
+        } else {
+            self.reply(req, Ok(Enrollment::Released));
+        }
         self.pump();
         Some(uid)
     }
@@ -279,6 +240,10 @@ impl<F: Clone> Core<F> {
         if self.proxy.as_ref().is_some_and(|p| p.conn == conn) {
             tracing::warn!(conn, "node proxy disconnected");
             self.proxy = None;
+            // Whatever it held and was not re-sent is released by its next snapshot.
+            for w in std::mem::take(&mut self.releases) {
+                self.reply(w.req, Ok(Enrollment::Released));
+            }
         }
     }
 
@@ -296,7 +261,7 @@ impl<F: Clone> Core<F> {
                 proxy.snapshot_sent = true;
                 tracing::info!(conn, "snapshot acked");
             }
-            InFlight::Add(uid) => self.added(&uid, error),
+            InFlight::Add(uid, generation) => self.added(&uid, generation, error),
             InFlight::Del(uid) => {
                 if !error.is_empty() {
                     // Not retried: the proxy answers `del` of an unknown pod with an error, and
@@ -306,6 +271,13 @@ impl<F: Clone> Core<F> {
                 self.gone.remove(&uid);
                 if let Some(p) = self.pods.get_mut(&uid) {
                     p.held = false;
+                }
+                let (done, waiting) = std::mem::take(&mut self.releases)
+                    .into_iter()
+                    .partition::<Vec<_>, _>(|w| w.uid == uid);
+                self.releases = waiting;
+                for w in done {
+                    self.reply(w.req, Ok(Enrollment::Released));
                 }
             }
         }
@@ -326,16 +298,25 @@ impl<F: Clone> Core<F> {
                 AddError::NoProxy(w.timeout)
             };
             tracing::warn!(pod = %w.uid, error = %err, "CNI ADD failed");
-            self.actions.push_back(Action::Reply {
-                req: w.req,
-                result: Err(err),
-            });
+            self.reply(w.req, Err(err));
+        }
+        let (expired, waiting) = std::mem::take(&mut self.releases)
+            .into_iter()
+            .partition::<Vec<_>, _>(|w| w.deadline <= now);
+        self.releases = waiting;
+        for w in expired {
+            tracing::warn!(pod = %w.uid, timeout = ?w.timeout, "node proxy did not confirm the release in time; DEL succeeds anyway");
+            self.reply(w.req, Ok(Enrollment::Released));
         }
     }
 
     /// When [`Core::tick`] must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.waiters.iter().map(|w| w.deadline).min()
+        self.waiters
+            .iter()
+            .chain(&self.releases)
+            .map(|w| w.deadline)
+            .min()
     }
 
     pub fn poll_action(&mut self) -> Option<Action<F>> {
@@ -355,13 +336,15 @@ impl<F: Clone> Core<F> {
             .map(|(u, _)| u.clone())
     }
 
-    fn added(&mut self, uid: &str, error: &str) {
+    fn added(&mut self, uid: &str, generation: u64, error: &str) {
         let result = match self.pods.get_mut(uid) {
             // Deleted while the add was in flight: the proxy holds it now, so release it.
             None => {
                 self.gone.insert(uid.to_owned());
                 return;
             }
+            // Replaced while the add was in flight: the new version is sent next.
+            Some(pod) if pod.generation != generation => return,
             Some(pod) if error.is_empty() => {
                 pod.held = true;
                 tracing::info!(pod = %uid, "pod captured by the node proxy");
@@ -374,6 +357,10 @@ impl<F: Clone> Core<F> {
             }
         };
         self.answer(uid, &result);
+    }
+
+    fn reply(&mut self, req: ReqId, result: Result<Enrollment, AddError>) {
+        self.actions.push_back(Action::Reply { req, result });
     }
 
     fn answer(&mut self, uid: &str, result: &Result<Enrollment, AddError>) {
@@ -421,7 +408,7 @@ impl<F: Clone> Core<F> {
                 cgroup: pod.cgroup.clone().unwrap_or_default(),
                 netns: pod.netns.clone(),
             };
-            (InFlight::Add(uid.clone()), request)
+            (InFlight::Add(uid.clone(), pod.generation), request)
         } else if !proxy.snapshot_sent {
             (InFlight::Snapshot, Request::SnapshotSent)
         } else {
@@ -434,5 +421,4 @@ impl<F: Clone> Core<F> {
 }
 
 #[cfg(test)]
-#[path = "core_tests.rs"]
 mod tests;

@@ -3,9 +3,7 @@
 //! its actions. Blocking threads: a node has a handful of pod events a second at most.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -15,15 +13,15 @@ use zmesh_control::source::{DEFAULT_DEBOUNCE, DirWatcher, WatchStatus};
 use zmesh_control::store::Store;
 use zmesh_control::translate::MeshOptions;
 
-use crate::cni::{CniRequest, CniResponse, PodRef};
-use crate::core::{Action, AddError, ConnId, Core, Enrollment, NewPod, ReqId};
+use crate::cni::{CniResponse, DEL_WAIT, PodRef};
+use crate::core::{Action, ConnId, Core, Enrollment, NewPod, ReqId};
 use crate::podns;
+use crate::state::{PodRecord, StateFile};
 use crate::zds::{self, ZdsListener};
 
-/// A CNI client gets this long to send its request line.
-const CNI_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest ADD wait a client may ask for.
-const MAX_ADD_WAIT: Duration = Duration::from_secs(120);
+mod cni_server;
+
+use cni_server::{accept_cni, bind_cni};
 
 /// What the agent serves and watches.
 #[derive(Clone, Debug)]
@@ -32,6 +30,8 @@ pub struct Config {
     pub config_dir: PathBuf,
     pub zds_socket: PathBuf,
     pub cni_socket: PathBuf,
+    /// Where the running pods are remembered across agent restarts.
+    pub state_file: PathBuf,
 }
 
 /// Why the agent could not start.
@@ -52,12 +52,13 @@ pub enum StartError {
     Thread(#[source] std::io::Error),
 }
 
-type NetnsFd = Arc<OwnedFd>;
+pub(crate) type NetnsFd = Arc<OwnedFd>;
 
-enum Event {
+pub(crate) enum Event {
     Store(Arc<Store>),
     CniAdd {
         pod: NewPod<NetnsFd>,
+        record: PodRecord,
         timeout: Duration,
         reply: mpsc::Sender<CniResponse>,
     },
@@ -113,7 +114,7 @@ pub fn run(cfg: &Config) -> Result<(), StartError> {
         cni_socket = %cfg.cni_socket.display(),
         "node agent ready"
     );
-    Driver::new(initial).run(&rx);
+    Driver::new(initial, StateFile::load(&cfg.state_file)).run(&rx);
     drop(watcher);
     Ok(())
 }
@@ -154,16 +155,31 @@ struct Driver {
     conns: HashMap<ConnId, Arc<OwnedFd>>,
     replies: HashMap<ReqId, mpsc::Sender<CniResponse>>,
     next_req: ReqId,
+    state: StateFile,
 }
 
 impl Driver {
-    fn new(store: Arc<Store>) -> Self {
-        Driver {
+    /// The core, with the pods a previous run of the agent left running.
+    fn new(store: Arc<Store>, state: StateFile) -> Self {
+        let mut d = Driver {
             core: Core::new(store),
             conns: HashMap::new(),
             replies: HashMap::new(),
             next_req: 0,
+            state,
+        };
+        let mut lost = Vec::new();
+        for rec in d.state.pods() {
+            match reopen(rec) {
+                Ok(pod) => d.core.restore(pod),
+                Err(why) => {
+                    tracing::info!(pod = %rec.uid, namespace = %rec.namespace, name = %rec.name, reason = %why, "pod from the previous run is gone");
+                    lost.push(rec.uid.clone());
+                }
+            }
         }
+        d.state.retain(|p| !lost.contains(&p.uid));
+        d
     }
 
     fn run(mut self, rx: &mpsc::Receiver<Event>) {
@@ -192,17 +208,27 @@ impl Driver {
             Event::Store(store) => self.core.set_store(store),
             Event::CniAdd {
                 pod,
+                record,
                 timeout,
                 reply,
             } => {
+                self.state.insert(record);
                 self.next_req += 1;
                 self.replies.insert(self.next_req, reply);
                 self.core
                     .cni_add(self.next_req, pod, timeout, Instant::now());
             }
             Event::CniDel { pod, reply } => {
-                self.core.cni_del(&pod.uid(), &pod.container_id);
-                let _ = reply.send(CniResponse::Deleted);
+                self.next_req += 1;
+                self.replies.insert(self.next_req, reply);
+                let id = (pod.uid(), pod.container_id.clone());
+                let (uid, ctr) = (id.0.as_str(), id.1.as_str());
+                let found = self
+                    .core
+                    .cni_del(self.next_req, (uid, ctr), DEL_WAIT, Instant::now());
+                if let Some(uid) = found {
+                    self.state.remove(&uid);
+                }
             }
             Event::CniCheck { pod, reply } => {
                 let _ = reply.send(self.check(&pod));
@@ -265,6 +291,7 @@ impl Driver {
                         let _ = reply.send(match result {
                             Ok(Enrollment::Captured) => CniResponse::Captured,
                             Ok(Enrollment::NotEnrolled) => CniResponse::NotEnrolled,
+                            Ok(Enrollment::Released) => CniResponse::Deleted,
                             Err(e) => CniResponse::Error {
                                 message: e.to_string(),
                             },
@@ -329,111 +356,24 @@ fn read_acks(conn: ConnId, sock: &OwnedFd, tx: &mpsc::Sender<Event>) {
     }
 }
 
-fn bind_cni(path: &Path) -> Result<UnixListener, StartError> {
-    let err = |source| StartError::Cni {
-        path: path.to_owned(),
-        source,
-    };
-    zds::remove_stale_socket(path).map_err(err)?;
-    UnixListener::bind(path).map_err(err)
-}
-
-fn accept_cni(listener: &UnixListener, tx: &mpsc::Sender<Event>) {
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "CNI connection refused");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        let tx = tx.clone();
-        let spawned = std::thread::Builder::new()
-            .name("zmesh-agent-cni-conn".to_owned())
-            .spawn(move || serve_cni(stream, &tx));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot serve a CNI request");
-        }
-    }
-}
-
-/// One CNI request: read it, do the IO the core must not (open the netns, find the cgroup),
-/// hand it to the core, write the answer.
-fn serve_cni(stream: UnixStream, tx: &mpsc::Sender<Event>) {
-    let _ = stream.set_read_timeout(Some(CNI_READ_TIMEOUT));
-    let mut line = String::new();
-    let answer = match BufReader::new(&stream).read_line(&mut line) {
-        Ok(_) => match serde_json::from_str::<CniRequest>(&line) {
-            Ok(req) => dispatch(req, tx),
-            Err(e) => CniResponse::Error {
-                message: format!("bad request from the CNI plugin: {e}"),
-            },
-        },
-        Err(e) => CniResponse::Error {
-            message: format!("reading the CNI request: {e}"),
-        },
-    };
-    let mut out = match serde_json::to_string(&answer) {
-        Ok(s) => s,
-        Err(e) => format!(r#"{{"result":"error","message":"encoding the answer: {e}"}}"#),
-    };
-    out.push('\n');
-    let _ = (&stream).write_all(out.as_bytes());
-}
-
-fn dispatch(req: CniRequest, tx: &mpsc::Sender<Event>) -> CniResponse {
-    let (reply, answer) = mpsc::channel();
-    let (event, wait) = match req {
-        CniRequest::Add {
-            pod,
-            netns,
-            timeout_ms,
-        } => {
-            let timeout = Duration::from_millis(timeout_ms).min(MAX_ADD_WAIT);
-            match open_pod(&pod, Path::new(&netns)) {
-                Ok(new) => (
-                    Event::CniAdd {
-                        pod: new,
-                        timeout,
-                        reply,
-                    },
-                    timeout,
-                ),
-                Err(e) => {
-                    tracing::warn!(namespace = %pod.namespace, name = %pod.name, error = %e, "CNI ADD failed");
-                    return CniResponse::Error {
-                        message: e.to_string(),
-                    };
-                }
-            }
-        }
-        CniRequest::Del { pod } => (Event::CniDel { pod, reply }, Duration::ZERO),
-        CniRequest::Check { pod } => (Event::CniCheck { pod, reply }, Duration::ZERO),
-    };
-    if tx.send(event).is_err() {
-        return CniResponse::Error {
-            message: "the node agent is shutting down".to_owned(),
-        };
-    }
-    // The core answers every request by its bound; the margin only guards against a bug.
-    answer
-        .recv_timeout(wait + Duration::from_secs(5))
-        .unwrap_or_else(|_| CniResponse::Error {
-            message: AddError::NotConfirmed(wait).to_string(),
-        })
-}
-
-fn open_pod(pod: &PodRef, netns_path: &Path) -> Result<NewPod<NetnsFd>, podns::PodNsError> {
-    let netns = podns::open_netns(netns_path)?;
-    let cgroup = podns::pod_cgroup(&netns, netns_path)
+/// Reopens a pod of the previous run, if its netns is still the pod's (same cgroup).
+fn reopen(rec: &PodRecord) -> Result<NewPod<NetnsFd>, String> {
+    let path = Path::new(&rec.netns);
+    let netns = podns::open_netns(path).map_err(|e| e.to_string())?;
+    let cgroup = podns::pod_cgroup(&netns, path)
         .map(|c| c.display().to_string())
         .map_err(|e| e.to_string());
+    if cgroup.as_ref().ok() != rec.cgroup.as_ref() {
+        return Err(format!(
+            "its netns now leads to cgroup {cgroup:?}, not {:?}",
+            rec.cgroup
+        ));
+    }
     Ok(NewPod {
-        uid: pod.uid(),
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
-        container_id: pod.container_id.clone(),
+        uid: rec.uid.clone(),
+        namespace: rec.namespace.clone(),
+        name: rec.name.clone(),
+        container_id: rec.container_id.clone(),
         cgroup,
         netns: Arc::new(netns),
     })
