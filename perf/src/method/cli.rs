@@ -63,7 +63,13 @@ pub struct MethodArgs {
     pub quick: bool,
 
     /// Systems, comma separated, interleaved in this order within every repetition.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "direct,zmesh", value_name = "NAME,…")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "direct,zmesh",
+        value_name = "NAME,…"
+    )]
     pub systems: Vec<SystemKind>,
 
     /// Measurements to make, comma separated. Default: all.

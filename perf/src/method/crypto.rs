@@ -82,7 +82,11 @@ pub fn markdown(c: &Ceiling) -> String {
         let _ = writeln!(
             out,
             "| {} | {} | {} | – | {} |",
-            c.openssl_version.split_whitespace().take(2).collect::<Vec<_>>().join(" "),
+            c.openssl_version
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" "),
             o.algorithm,
             num(o.encrypt_gb_per_s),
             num(o.floor_cpu_s_per_gb)

@@ -54,7 +54,10 @@ pub fn hold(a: &HoldArgs) -> anyhow::Result<()> {
     let n = a.connections;
     let want = u64::from(n) + 1024;
     if let Ok(got) = rlimit::increase_nofile_limit(want) {
-        anyhow::ensure!(got >= want, "open-file limit {got} is too low for {n} connections");
+        anyhow::ensure!(
+            got >= want,
+            "open-file limit {got} is too low for {n} connections"
+        );
     }
     let rt = runtime()?;
     let target = Target {

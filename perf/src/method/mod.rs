@@ -55,10 +55,14 @@ pub fn run(args: &MethodArgs) -> anyhow::Result<()> {
         eprintln!("warning: {w}");
         warnings.push(w);
     }
-    eprintln!("crypto ceiling: openssl speed, {} s per algorithm", s.crypto_seconds);
+    eprintln!(
+        "crypto ceiling: openssl speed, {} s per algorithm",
+        s.crypto_seconds
+    );
     let crypto = crypto::measure(&s)?;
     let dir = s.out.join(format!("method-{}", timestamp(started)));
-    std::fs::create_dir_all(dir.join("raw")).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("raw"))
+        .with_context(|| format!("creating {}", dir.display()))?;
     let mut records = Vec::new();
     let outcome = run_all(&s, &dir, &mut records, clock);
     if let Err(e) = &outcome {
@@ -78,7 +82,10 @@ pub fn run(args: &MethodArgs) -> anyhow::Result<()> {
         md += &format!("\n> warning: {w}\n");
     }
     if let Err(e) = &outcome {
-        md += &format!("\n> aborted: {}\n", format!("{e:#}").lines().next().unwrap_or_default());
+        md += &format!(
+            "\n> aborted: {}\n",
+            format!("{e:#}").lines().next().unwrap_or_default()
+        );
     }
     let json = serde_json::json!({
         "tool": "zmesh-perf bench-method",
@@ -163,7 +170,9 @@ fn one_system(
     let mut plan: Vec<(String, &str)> = Vec::new();
     for step in &s.steps {
         match step {
-            Step::Iperf => plan.extend(s.streams.iter().map(|n| (format!("iperf3 ×{n}"), "iperf3"))),
+            Step::Iperf => {
+                plan.extend(s.streams.iter().map(|n| (format!("iperf3 ×{n}"), "iperf3")))
+            }
             Step::LatencyPaced => plan.push((paced_point(s.pace), "sockperf")),
             Step::LatencyMax => plan.push(("sockperf max".into(), "sockperf")),
             Step::NewConnections => plan.push((format!("ab c{}", s.ab_concurrency), "ab")),
@@ -221,7 +230,13 @@ fn one_system(
         if let Err(e) = steps::memory_after(c, &idle_rss, &mut rec) {
             rec.error = Some(format!("{e:#}"));
         }
-        eprintln!("[{:>4.0}s] rep {rep} {:<8} memory #{} {}", clock.elapsed().as_secs_f64(), sys.name(), rec.id, rec.summary());
+        eprintln!(
+            "[{:>4.0}s] rep {rep} {:<8} memory #{} {}",
+            clock.elapsed().as_secs_f64(),
+            sys.name(),
+            rec.id,
+            rec.summary()
+        );
         records.push(rec);
     }
     Ok(())
@@ -237,7 +252,11 @@ fn header(s: &Settings, load: &str, clock: Instant) -> String {
          with (min–max) over repetitions; ratios are of medians, to direct from the same run; \
          `records` names the raw records (`id` in report.json, tool output under raw/), `!` a failed one.\n",
         if s.quick { " --quick" } else { "" },
-        s.systems.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+        s.systems
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", "),
         s.repeat,
         s.duration_s,
         s.shards,
@@ -245,7 +264,16 @@ fn header(s: &Settings, load: &str, clock: Instant) -> String {
         m["cpu_model"].as_str().unwrap_or("?"),
         m["cores"],
         m["kernel"].as_str().unwrap_or("?"),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        m["loadavg_at_end"].as_str().unwrap_or("").split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        m["loadavg_at_end"]
+            .as_str()
+            .unwrap_or("")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
     )
 }

@@ -222,7 +222,9 @@ impl Cluster for Netns {
         let f = self.t.run(&pod, program, &args, timeout)?;
         Ok(Ran {
             success: f.success,
-            status: f.code.map_or("killed by a signal".into(), |c| format!("exit code {c}")),
+            status: f
+                .code
+                .map_or("killed by a signal".into(), |c| format!("exit code {c}")),
             stdout: f.stdout,
             stderr: f.stderr,
         })
@@ -249,7 +251,9 @@ impl Cluster for Netns {
             // The topology reaps its children only when it stops them: a dead proxy is a
             // zombie (state Z) until then.
             let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default();
-            let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
             anyhow::ensure!(
                 matches!(state, Some(s) if s != "Z" && s != "X"),
                 "the node proxy on {} (pid {}) died; its log:\n{}",

@@ -90,7 +90,10 @@ impl Record {
                 s.p50_us, s.p99_us, s.round_trips_per_s
             )
         } else if let Some(a) = &self.ab {
-            format!("{:.0} new connections/s, {} failed{cpu}", a.requests_per_s, a.failed)
+            format!(
+                "{:.0} new connections/s, {} failed{cpu}",
+                a.requests_per_s, a.failed
+            )
         } else if let Some(i) = &self.idle {
             format!("{:.2} KiB per idle connection", i.kib_per_connection)
         } else if !self.memory.is_empty() {

@@ -246,7 +246,10 @@ pub fn shards(records: &[Record]) -> String {
                 let vals = |f: fn(&crate::shards::ShardDelta) -> Option<f64>| {
                     let v: Vec<f64> = (these.iter())
                         .filter_map(|r| {
-                            let s = r.shards.iter().find(|s| s.node == node && s.shard == shard)?;
+                            let s = r
+                                .shards
+                                .iter()
+                                .find(|s| s.node == node && s.shard == shard)?;
                             f(s)
                         })
                         .collect();

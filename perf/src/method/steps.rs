@@ -141,7 +141,9 @@ pub fn sockperf(
     raw: &Path,
 ) -> anyhow::Result<()> {
     let ip = c.server_ip().to_string();
-    let mps = pace.map(|p| format!("{}", p.round() as u64)).unwrap_or("max".into());
+    let mps = pace
+        .map(|p| format!("{}", p.round() as u64))
+        .unwrap_or("max".into());
     let args = strings(&[
         "ping-pong",
         "--tcp",
@@ -158,8 +160,17 @@ pub fn sockperf(
     ]);
     let timeout = Duration::from_secs(u64::from(s.duration_s) + 30);
     let ran = measured(c, rec, raw, "sockperf.txt", "sockperf", &args, timeout)?;
-    anyhow::ensure!(ran.success, "sockperf exited {}: {}{}", ran.status, ran.stderr, ran.stdout);
-    rec.sockperf = Some(tools::parse_sockperf(&format!("{}\n{}", ran.stdout, ran.stderr))?);
+    anyhow::ensure!(
+        ran.success,
+        "sockperf exited {}: {}{}",
+        ran.status,
+        ran.stderr,
+        ran.stdout
+    );
+    rec.sockperf = Some(tools::parse_sockperf(&format!(
+        "{}\n{}",
+        ran.stdout, ran.stderr
+    ))?);
     Ok(())
 }
 
@@ -203,19 +214,20 @@ fn rss_sum(procs: &[ProxyProc]) -> anyhow::Result<u64> {
 
 /// Opens `n` connections from the client pod to the hold server, one round trip each, holds
 /// them, and reads the proxies' memory.
-pub fn idle(
-    c: &mut dyn Cluster,
-    n: u32,
-    rec: &mut Record,
-    work: &Path,
-) -> anyhow::Result<()> {
+pub fn idle(c: &mut dyn Cluster, n: u32, rec: &mut Record, work: &Path) -> anyhow::Result<()> {
     let procs = c.proxies();
     anyhow::ensure!(!procs.is_empty(), "idle: no proxies to measure");
     let before = rss_sum(&procs)?;
     let exe = std::env::current_exe()?.to_string_lossy().into_owned();
     let log = work.join(format!("hold-{}.log", rec.id));
     let target = format!("{}:{HOLD_PORT}", c.server_ip());
-    let args = strings(&["hold", "--connect", &target, "--connections", &n.to_string()]);
+    let args = strings(&[
+        "hold",
+        "--connect",
+        &target,
+        "--connections",
+        &n.to_string(),
+    ]);
     let mut h = c.spawn(Side::Client, &exe, &args, &log)?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let want = format!("held {n}");

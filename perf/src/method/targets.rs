@@ -158,3 +158,79 @@ pub fn markdown(judged: &[Judged]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::method::tools::Sockperf;
+
+    fn rec(id: usize, system: &str, point: &str) -> Record {
+        Record {
+            id,
+            system: system.into(),
+            step: point.split_whitespace().next().unwrap_or("").into(),
+            point: point.into(),
+            repetition: 1,
+            ..Record::default()
+        }
+    }
+
+    fn lat(p50: f64) -> Option<Sockperf> {
+        Some(Sockperf {
+            round_trips: 1,
+            seconds: 1.0,
+            round_trips_per_s: 1.0,
+            avg_us: p50,
+            p50_us: p50,
+            p90_us: p50,
+            p99_us: p50,
+            p999_us: p50,
+            max_us: p50,
+        })
+    }
+
+    #[test]
+    fn medians_pass_fail_and_unmeasured() {
+        let mut v = Vec::new();
+        for (id, g) in [(1, 7.0), (2, 5.0), (3, 9.0)] {
+            v.push(Record {
+                gbit_per_s: Some(g),
+                ..rec(id, "zmesh", "iperf3 ×1")
+            });
+        }
+        // A failed run counts for nothing, even with a number in it.
+        v.push(Record {
+            gbit_per_s: Some(100.0),
+            error: Some("boom".into()),
+            ..rec(4, "zmesh", "iperf3 ×1")
+        });
+        v.push(Record {
+            sockperf: lat(100.0),
+            ..rec(5, "direct", "sockperf @1000/s")
+        });
+        v.push(Record {
+            sockperf: lat(300.0),
+            ..rec(6, "zmesh", "sockperf @1000/s")
+        });
+        let systems = vec!["direct".to_string(), "zmesh".to_string()];
+        let j = judge(&v, &systems, 1000.0);
+        let find = |p: &str| j.iter().find(|t| t.target.starts_with(p)).expect(p);
+        let one = find("single-stream");
+        assert_eq!((one.value, one.pass), (Some(7.0), Some(true)));
+        assert_eq!(one.records, "#1 #2 #3 #4!");
+        let added = find("p50 added");
+        assert_eq!((added.value, added.pass), (Some(200.0), Some(false)));
+        assert_eq!(find("new connections").pass, None);
+        assert!(j.iter().all(|t| t.system == "zmesh"));
+        // At another pace the 1,000 msg/s target is not measured.
+        let j = judge(&v, &systems, 500.0);
+        assert_eq!(
+            j.iter()
+                .find(|t| t.target.starts_with("p50 added"))
+                .and_then(|t| t.value),
+            None
+        );
+        let md = markdown(&judge(&v, &systems, 1000.0));
+        assert!(md.contains("| zmesh | single-stream throughput ≥ 6.3 Gbit/s | 7.00 Gbit/s | pass | #1 #2 #3 #4! |"), "{md}");
+    }
+}

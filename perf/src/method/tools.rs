@@ -125,7 +125,11 @@ fn field(line: &str, key: &str) -> Option<f64> {
 pub fn parse_sockperf(raw: &str) -> Result<Sockperf, ToolError> {
     let text = strip_ansi(raw);
     if !text.contains("--full-rtt") && !text.contains("avg-rtt") {
-        return Err(missing("sockperf", "avg-rtt (was --full-rtt given?)", &text));
+        return Err(missing(
+            "sockperf",
+            "avg-rtt (was --full-rtt given?)",
+            &text,
+        ));
     }
     let valid = text
         .lines()
