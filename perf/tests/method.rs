@@ -13,11 +13,11 @@ use serde_json::Value;
 
 const PERF: &str = env!("CARGO_BIN_EXE_zmesh-perf");
 
-fn method(out: &Path, args: &[&str]) -> Output {
+/// Runs in `cwd` with the default, relative, results folder (`perf/results`), as a user does.
+fn method(cwd: &Path, args: &[&str]) -> Output {
     Command::new(PERF)
+        .current_dir(cwd)
         .arg("bench-method")
-        .arg("--out")
-        .arg(out)
         .args(args)
         .output()
         .expect("run zmesh-perf")
@@ -152,7 +152,7 @@ fn quickest_run_is_consistent_with_its_records() {
     );
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "bench-method failed:\n{stderr}");
-    let dirs: Vec<PathBuf> = std::fs::read_dir(out.path())
+    let dirs: Vec<PathBuf> = std::fs::read_dir(out.path().join("perf/results"))
         .expect("out")
         .map(|e| e.expect("e").path())
         .collect();
@@ -314,16 +314,15 @@ fn bad_arguments_and_missing_tools_fail_without_a_report() {
         std::os::unix::fs::symlink(&path, empty.path().join(tool)).expect("symlink");
     }
     let o = Command::new(PERF)
-        .args(["bench-method", "--out"])
-        .arg(out.path())
+        .current_dir(out.path())
+        .arg("bench-method")
         .env("PATH", empty.path())
         .output()
         .expect("run");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("sockperf"), "{err}");
-    assert_eq!(
-        std::fs::read_dir(out.path()).expect("out").count(),
-        0,
+    assert!(
+        !out.path().join("perf/results").exists(),
         "a report was written"
     );
 }

@@ -113,6 +113,10 @@ pub struct MethodArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64), value_name = "N")]
     pub shards: u32,
 
+    /// An extra flag for every zmesh-node, repeatable (e.g. `--node-arg=--driver=epoll`).
+    #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
+    pub node_arg: Vec<String>,
+
     /// Directory of zmesh-node, zmesh-agent, zmesh-cni and zmesh-control. Default: the
     /// directory of this executable.
     #[arg(long, value_name = "DIR")]
@@ -138,6 +142,7 @@ pub struct Settings {
     pub idle_connections: u32,
     pub crypto_seconds: u32,
     pub shards: u32,
+    pub node_args: Vec<String>,
     pub bin_dir: PathBuf,
     pub out: PathBuf,
 }
@@ -179,8 +184,10 @@ impl MethodArgs {
             idle_connections: self.idle_connections.unwrap_or(if q { 200 } else { 1000 }),
             crypto_seconds: self.crypto_seconds.unwrap_or(if q { 1 } else { 3 }),
             shards: self.shards,
-            bin_dir,
-            out: self.out.clone(),
+            node_args: self.node_arg.clone(),
+            bin_dir: std::path::absolute(&bin_dir)?,
+            // Absolute: nginx resolves a relative -c against its -p prefix.
+            out: std::path::absolute(&self.out)?,
         })
     }
 }

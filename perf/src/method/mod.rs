@@ -185,14 +185,7 @@ fn one_system(
         plan.push((format!("idle ×{}", s.idle_connections), "idle"));
     }
     for (point, step) in plan {
-        let mut rec = Record {
-            id: records.len() + 1,
-            system: sys.name().into(),
-            step: step.into(),
-            point: point.clone(),
-            repetition: rep,
-            ..Record::default()
-        };
+        let mut rec = Record::new(records.len() + 1, sys.name(), step, &point, rep);
         let r = match step {
             "iperf3" => {
                 let n = point.trim_start_matches("iperf3 ×").parse().unwrap_or(1);
@@ -219,14 +212,7 @@ fn one_system(
         c.check_alive()?;
     }
     if sys != SystemKind::Direct {
-        let mut rec = Record {
-            id: records.len() + 1,
-            system: sys.name().into(),
-            step: "memory".into(),
-            point: "memory".into(),
-            repetition: rep,
-            ..Record::default()
-        };
+        let mut rec = Record::new(records.len() + 1, sys.name(), "memory", "memory", rep);
         if let Err(e) = steps::memory_after(c, &idle_rss, &mut rec) {
             rec.error = Some(format!("{e:#}"));
         }
@@ -247,7 +233,7 @@ fn header(s: &Settings, load: &str, clock: Instant) -> String {
     format!(
         "## zmesh-perf bench-method{}\n\n\
          BENCH-METHOD on the netns topology: client pod on node 1, server pod on node 2; systems {} \
-         interleaved, {} repetition(s), {} s per tool run, {} shard(s) per node proxy; {:.0} s in all. \
+         interleaved, {} repetition(s), {} s per tool run, {} shard(s) per node proxy{}; {:.0} s in all. \
          Machine: {} ({} cores), kernel {}, load average at start {} and at end {}. Cells are medians \
          with (min–max) over repetitions; ratios are of medians, to direct from the same run; \
          `records` names the raw records (`id` in report.json, tool output under raw/), `!` a failed one.\n",
@@ -260,6 +246,11 @@ fn header(s: &Settings, load: &str, clock: Instant) -> String {
         s.repeat,
         s.duration_s,
         s.shards,
+        if s.node_args.is_empty() {
+            String::new()
+        } else {
+            format!(" (extra flags: {})", s.node_args.join(" "))
+        },
         clock.elapsed().as_secs_f64(),
         m["cpu_model"].as_str().unwrap_or("?"),
         m["cores"],

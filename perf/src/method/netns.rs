@@ -84,6 +84,7 @@ pub fn up(s: &Settings, sys: SystemKind, logs: &Path) -> anyhow::Result<Box<dyn 
             Capture::Ebpf
         },
         shards: s.shards as usize,
+        proxy_args: s.node_args.clone(),
         // Pinning only matters across proxy restarts, which a benchmark does not do.
         bpf_pin: false,
         // The topology waits for an info line ("connected to the node agent").

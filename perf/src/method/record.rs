@@ -50,6 +50,8 @@ pub struct Record {
     /// The row label, e.g. `iperf3 ×4`, `sockperf @1000/s`, `sockperf max`.
     pub point: String,
     pub repetition: u32,
+    /// /proc/loadavg's 1-minute figure when the run started: how busy the shared machine was.
+    pub loadavg_1m: Option<f64>,
     /// The tool's own output, under `raw/` in the results folder.
     pub raw: Option<String>,
     pub iperf: Option<Iperf>,
@@ -71,6 +73,21 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record for one run, stamped with the machine's load.
+    pub fn new(id: usize, system: &str, step: &str, point: &str, repetition: u32) -> Record {
+        Record {
+            id,
+            system: system.into(),
+            step: step.into(),
+            point: point.into(),
+            repetition,
+            loadavg_1m: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|l| l.split_whitespace().next()?.parse().ok()),
+            ..Record::default()
+        }
+    }
+
     /// One line for the progress display.
     pub fn summary(&self) -> String {
         if let Some(e) = &self.error {
