@@ -73,10 +73,10 @@ pub fn measure(s: &Settings) -> anyhow::Result<Ceiling> {
 }
 
 pub fn markdown(c: &Ceiling) -> String {
-    let mut out = format!(
+    let mut out = String::from(
         "\n### Crypto ceiling (one core, 16 KiB blocks)\n\n\
          | tool | algorithm | encrypt GB/s | seal+open GB/s | floor CPU-s per GB (encrypt + decrypt) |\n\
-         |---|---|---:|---:|---:|\n"
+         |---|---|---:|---:|---:|\n",
     );
     for o in &c.openssl {
         let _ = writeln!(

@@ -195,10 +195,8 @@ pub fn memory(records: &[Record], systems: &[String]) -> String {
         }
     }
     for p in points(records, "idle") {
-        out += &format!(
-            "\n| idle connections | system | proxies' VmRSS before (MiB) | holding (MiB) | KiB per connection | records |\n\
-             |---|---|---:|---:|---:|---|\n"
-        );
+        out += "\n| idle connections | system | proxies' VmRSS before (MiB) | holding (MiB) | KiB per connection | records |\n\
+             |---|---|---:|---:|---:|---|\n";
         for sys in systems.iter().filter(|s| *s != "direct") {
             let c = Rows::of(records, &p, sys);
             let mib = |f: fn(&crate::method::record::IdleHeld) -> u64| {
