@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use zmesh_ctl::topology::{Footprint, Output, Pod, Proc, Topology};
+use zmesh_ctl::topology::{Capture, Footprint, Output, Pod, Proc, Topology};
 
 /// The sample app's Service VIPs (not routed anywhere: only the mesh knows them).
 pub const WEB_VIP4: &str = "198.19.1.10";
@@ -269,5 +269,67 @@ impl BpfIds {
                 .map(|i| format!("bpf map {i}")),
         );
         left
+    }
+}
+
+/// Drops the topology and checks nothing of it is left: processes, namespaces, cgroups,
+/// bpffs, and the eBPF links, programs and maps seen while it ran.
+pub fn finish(t: Topology, mut seen: BpfIds) {
+    let fp = t.footprint();
+    let now = BpfIds::of(&fp);
+    seen.links.extend(now.links);
+    seen.progs.extend(now.progs);
+    seen.maps.extend(now.maps);
+    drop(t);
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = fp.leftovers();
+        left.extend(seen.still_there());
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    if std::env::var_os("CI").is_some() {
+        // Test binaries run one at a time in CI, and these tests one after another: no zmesh
+        // program may stay loaded at all.
+        let out = std::process::Command::new("bpftool")
+            .args(["prog", "show"])
+            .output()
+            .expect("bpftool");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains(" name zm_"),
+            "zmesh programs still loaded:\n{text}"
+        );
+    }
+}
+
+/// Whether the pod's capture is in place: its eBPF links, or the nftables table in its netns.
+pub fn captured(t: &Topology, pod: &Pod, capture: Capture) -> bool {
+    match capture {
+        Capture::Nftables => {
+            let tables = t
+                .pod_netns(pod)
+                .expect("pod netns")
+                .cmd("nft", &["list", "tables"])
+                .expect("nft list tables in the pod");
+            !tables.trim().is_empty()
+        }
+        _ => !BpfIds::of_pod(t, pod).links.is_empty(),
+    }
+}
+
+/// Waits until the pod's capture is there (`want`) or gone.
+pub fn wait_captured(t: &Topology, pod: &Pod, capture: Capture, want: bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while captured(t, pod, capture) != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: capture present != {want}",
+            pod.id()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

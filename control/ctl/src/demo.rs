@@ -147,8 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "zmeshctl",
             &["serve-http", "--port", "8080", "--name", &web.name],
         )?;
-        // Ends with its pod's cgroup at teardown.
-        std::mem::forget(p);
+        t.keep(p);
     }
     let (client, intruder) = (pods[2].clone(), pods[3].clone());
     check(&stop)?;

@@ -257,7 +257,7 @@ impl Node {
         Ok(())
     }
 
-    /// Stops the proxy: SIGTERM (`graceful`) or SIGKILL.
+    /// Stops the proxy: SIGTERM and up to 5 s to drain (`graceful`), or SIGKILL.
     pub fn stop_proxy(&mut self, graceful: bool) {
         // Dropping the process kills it (SIGKILL); a graceful stop sends SIGTERM first.
         if let Some(p) = self.proxy.take()

@@ -123,11 +123,11 @@ impl Pod {
     }
 
     /// The CNI config zmesh-cni gets on stdin, with the bridge plugin's result.
-    pub(crate) fn cni_stdin(&self, agent_socket: &str) -> String {
+    pub(crate) fn cni_stdin(&self, agent_socket: &str, netns: &str) -> String {
         let n = self.node;
         format!(
             r#"{{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"zmesh-cni","agent_socket":"{agent_socket}","prevResult":{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"{sandbox}"}}],"ips":[{{"address":"{ip4}/24","gateway":"198.18.{n}.1","interface":0}},{{"address":"{ip6}/64","gateway":"fd00:18:{n}::1","interface":0}}]}}}}"#,
-            sandbox = "",
+            sandbox = netns,
             ip4 = self.ip4,
             ip6 = self.ip6,
         )
@@ -150,4 +150,62 @@ pub fn namespace_yaml(name: &str, ambient: bool) -> String {
         "{}"
     };
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels: {labels}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> (PodSpec, Pod) {
+        let spec = PodSpec::new("demo", "web-1", 2)
+            .label("app", "web")
+            .service_account("web")
+            .port(8080);
+        let pod = Pod::new(&spec, "uid-1".into(), 7);
+        (spec, pod)
+    }
+
+    #[test]
+    fn addresses_follow_the_node_and_host_number() {
+        let (_, p) = pod();
+        assert_eq!(p.ip4, Ipv4Addr::new(198, 18, 2, 7));
+        assert_eq!(p.ip6.to_string(), "fd00:18:2::7");
+        assert_eq!(p.spiffe(), "spiffe://cluster.local/ns/demo/sa/web");
+    }
+
+    #[test]
+    fn pod_object_carries_what_kubelet_would_set() {
+        let (spec, p) = pod();
+        let y = p.yaml(&spec);
+        for want in [
+            "nodeName: node2",
+            "serviceAccountName: web",
+            "app: \"web\"",
+            "podIP: 198.18.2.7",
+            "{ip: \"fd00:18:2::7\"}",
+            "containerPort: 8080",
+            "uid: uid-1",
+        ] {
+            assert!(y.contains(want), "{want} in\n{y}");
+        }
+    }
+
+    #[test]
+    fn cni_config_is_json_with_the_agent_socket_and_both_ips() {
+        let (_, p) = pod();
+        let v: serde_json::Value =
+            serde_json::from_str(&p.cni_stdin("/run/cni.sock", "/proc/1/ns/net"))
+                .expect("valid JSON");
+        assert_eq!(v["agent_socket"], "/run/cni.sock");
+        assert_eq!(
+            v["prevResult"]["interfaces"][0]["sandbox"],
+            "/proc/1/ns/net"
+        );
+        assert_eq!(v["prevResult"]["ips"][0]["address"], "198.18.2.7/24");
+        assert_eq!(v["prevResult"]["ips"][1]["address"], "fd00:18:2::7/64");
+        assert!(
+            p.cni_args()
+                .contains("K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web-1")
+        );
+    }
 }

@@ -9,6 +9,22 @@ use super::pod::{Pod, PodSpec};
 use super::sys::{self, Finished, Netns, Output, Proc};
 use super::topo::{PodState, Topology, owned};
 
+/// Whether a `/config_dump` holds the workload address `ip` and a certificate with identity
+/// `id` (both quoted JSON fragments).
+fn knows(dump: &str, ip: &str, id: &str) -> bool {
+    let d: String = dump.split_whitespace().collect();
+    let Some((_, rest)) = d.split_once("\"certificates\":") else {
+        return false;
+    };
+    // The certificates run until the next top-level section, whatever the key order.
+    let end = ["\"policies\":", "\"services\":", "\"workloads\":"]
+        .iter()
+        .filter_map(|k| rest.find(k))
+        .min()
+        .unwrap_or(rest.len());
+    d.contains(ip) && rest[..end].contains(id)
+}
+
 /// How long a CNI call may take (zmesh-cni bounds its own wait at ~10 s).
 const CNI_LIMIT: Duration = Duration::from_secs(30);
 
@@ -126,6 +142,27 @@ impl Topology {
         Ok(self.pods[self.pod_index(pod)?].cgroup.clone())
     }
 
+    /// Waits until the node proxy of the pod's node knows it: its workload (from the
+    /// controller) and its certificate, both in `/config_dump`. A pod is captured as soon as
+    /// CNI ADD returns, but its first connections fail (IDENTITY_ERROR) while its proxy has
+    /// not heard of it yet; benchmarks call this before timing anything.
+    pub fn wait_known(&self, pod: &Pod, limit: Duration) -> Result<(), Error> {
+        let ip = format!("\"{}\"", pod.ip4);
+        let id = format!("\"identity\":\"{}\"", pod.spiffe());
+        let known = sys::wait_until(limit, || {
+            self.admin(pod.node, "/config_dump")
+                .is_ok_and(|d| knows(&d, &ip, &id))
+        });
+        if known {
+            return Ok(());
+        }
+        Err(Error::Timeout {
+            what: format!("node {}'s proxy to know pod {}", pod.node, pod.id()),
+            limit,
+            log: String::new(),
+        })
+    }
+
     /// Every pod, in creation order.
     pub fn pods(&self) -> Vec<Pod> {
         self.pods.iter().map(|p| p.pod.clone()).collect()
@@ -195,7 +232,7 @@ impl Topology {
             None => state.netns.path(),
         };
         let bin = self.bins.get("zmesh-cni")?;
-        let stdin = pod.cni_stdin(&node.cni_socket().display().to_string());
+        let stdin = pod.cni_stdin(&node.cni_socket().display().to_string(), &netns);
         let mut cmd = Command::new(&bin);
         cmd.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &pod.uid)
@@ -239,5 +276,30 @@ impl Topology {
                 sys::tail(&node.agent_log(), 20)
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn knows_needs_the_address_and_a_certificate_for_the_identity() {
+        let id = "\"identity\":\"spiffe://cluster.local/ns/demo/sa/web\"";
+        let dump = |certs: &str| {
+            format!(
+                "{{\n  \"certificates\": [{certs}],\n  \"policies\": [],\n  \"workloads\": [\n    \
+                 {{\"identity\": \"spiffe://cluster.local/ns/demo/sa/web\", \"workloadIps\": \
+                 [\"198.18.2.2\"]}}\n  ]\n}}"
+            )
+        };
+        let cert = "{\"chain\": [\"x\"], \"identity\": \"spiffe://cluster.local/ns/demo/sa/web\"}";
+        assert!(super::knows(&dump(cert), "\"198.18.2.2\"", id));
+        assert!(
+            !super::knows(&dump(""), "\"198.18.2.2\"", id),
+            "no certificate yet"
+        );
+        assert!(
+            !super::knows(&dump(cert), "\"198.18.2.3\"", id),
+            "another pod"
+        );
     }
 }

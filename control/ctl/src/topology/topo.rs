@@ -32,6 +32,8 @@ pub struct Topology {
     pub(super) bpffs: Option<PathBuf>,
     pub(super) seq: u32,
     pub(super) inodes: Vec<u64>,
+    /// Processes handed over with [`Topology::keep`].
+    pub(super) kept: Vec<Proc>,
 }
 
 impl Topology {
@@ -79,6 +81,7 @@ impl Topology {
             pods: Vec::new(),
             bpffs: None,
             seq: 0,
+            kept: Vec::new(),
         };
         t.build()?;
         Ok(t)
@@ -405,9 +408,19 @@ impl Topology {
         }
     }
 
+    /// Hands a process over to the topology: it runs until the topology is torn down (or its
+    /// pod deleted), then is killed and reaped.
+    pub fn keep(&mut self, p: Proc) {
+        self.kept.push(p);
+    }
+
     fn teardown(&mut self) {
+        self.kept.clear();
         for node in &mut self.nodes {
-            node.stop_proxy(true);
+            // SIGTERM with a short grace: a clean exit when it is quick, never a long drain.
+            if let Some(p) = node.proxy.take() {
+                p.stop(Duration::from_millis(500));
+            }
             node.agent.take();
         }
         if let Some(c) = &mut self.controller {

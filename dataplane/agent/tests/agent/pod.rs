@@ -18,16 +18,20 @@ pub struct Pod {
     pause: Option<Child>,
 }
 
-fn new_netns() -> OwnedFd {
+pub fn new_netns() -> OwnedFd {
     std::thread::spawn(|| {
         nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        let lo = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
+        assert!(lo.expect("run ip").success(), "ip link set lo up");
         OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net").expect("own netns"))
     })
     .join()
     .expect("netns thread")
 }
 
-fn in_netns<T: Send>(netns: BorrowedFd<'_>, f: impl FnOnce() -> T + Send) -> T {
+pub fn in_netns<T: Send>(netns: BorrowedFd<'_>, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
             nix::sched::setns(netns, CloneFlags::CLONE_NEWNET).expect("setns");
