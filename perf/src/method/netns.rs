@@ -106,6 +106,13 @@ pub fn up(s: &Settings, sys: SystemKind, logs: &Path) -> anyhow::Result<Box<dyn 
             .port(HOLD_PORT),
     )?;
     let client = t.add_pod(PodSpec::new(NAMESPACE, "client", 1).label("app", "client"))?;
+    if mesh {
+        // Captured is not yet known: until its proxy has the pod's workload and certificate,
+        // its connections fail. Nothing is timed before both proxies know both pods.
+        for pod in [&client, &server] {
+            t.wait_known(pod, Duration::from_secs(30))?;
+        }
+    }
     let mut n = Netns {
         t,
         client,
