@@ -27,6 +27,17 @@ pub enum Command {
     /// the plain relay, zmesh and any --proxy, interleaved and repeated, with the crypto
     /// ceiling; writes JSON, markdown and SVG plots to a results folder.
     Suite(Box<crate::suite_cli::SuiteArgs>),
+    /// BENCH-METHOD on the network-namespace topology (root): a client pod on node 1 and a
+    /// server pod on node 2, with no mesh (direct) and captured by zmesh (eBPF, one HBONE
+    /// hop), interleaved and repeated: iperf3 throughput and proxy CPU per GB, sockperf
+    /// latency, ab new connections per second to nginx, proxy memory, the crypto ceiling;
+    /// JSON and markdown with issue 5's targets. See perf/README.md.
+    BenchMethod(Box<crate::method::MethodArgs>),
+    /// The echo/sink server of the suite on one address (bench-method runs it in a pod).
+    Serve(crate::method::hold::ServeArgs),
+    /// Opens N echo connections to a `serve`, one round trip each, prints `held N` and holds
+    /// them until killed (bench-method's idle step runs it in a pod).
+    Hold(crate::method::hold::HoldArgs),
     /// The controller benchmark: a generated cluster in a config directory, zmesh-control and
     /// two zmesh-nodes on loopback; policy propagation time through the data path, bytes of a
     /// one-pod change against the full push, controller start-up, CPU and memory at scale.

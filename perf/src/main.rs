@@ -18,6 +18,7 @@ mod delay;
 mod http;
 mod idle;
 mod latency;
+mod method;
 mod openloop;
 mod procfs;
 mod proxy;
@@ -50,6 +51,9 @@ fn main() -> ExitCode {
         Command::Control(args) => control::run(args),
         Command::DelayProxy(args) => delay::run(args),
         Command::Crypto { time } => print_crypto(*time),
+        Command::BenchMethod(args) => method::run(args),
+        Command::Serve(args) => method::hold::serve(args),
+        Command::Hold(args) => method::hold::hold(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
