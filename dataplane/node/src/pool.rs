@@ -160,9 +160,9 @@ impl Pool {
                 let entry = entries.entry(key.clone()).or_default();
                 let best = entry.least_loaded();
                 match best {
-                    // Busy and room for another connection: dial it (below); the others
-                    // keep using `best` meanwhile.
-                    Some(ref conn) if !(entry.wants_spread(conn) && !entry.dialing) => {
+                    // Share `best` unless it is busy, the key has room for another
+                    // connection and no dial runs yet: then dial one (below).
+                    Some(ref conn) if entry.dialing || !entry.wants_spread(conn) => {
                         conn.streams.set(conn.streams.get() + 1);
                         return Ok(Checkout { conn: conn.clone() });
                     }
