@@ -99,7 +99,7 @@ async fn hbone_connection(
     };
     let tls = match zmesh_rt::timeout(
         shard.settings.handshake_timeout,
-        TlsAcceptor::from(cert.server.clone()).accept(stream),
+        TlsAcceptor::from(cert.server.clone()).accept(sockets::hbone_io(stream)),
     )
     .await
     {
@@ -149,7 +149,7 @@ async fn hbone_connection(
 async fn serve_streams(
     shard: ShardRef,
     pc: Rc<PeerConn>,
-    mut conn: h2::server::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>,
+    mut conn: h2::server::Connection<tokio_rustls::server::TlsStream<sockets::HboneIo>, Bytes>,
 ) {
     let peer = pc.peer;
     let ping = conn.ping_pong();

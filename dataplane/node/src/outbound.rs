@@ -559,7 +559,7 @@ async fn dial(shard: ShardRef, key: PoolKey, pod: Option<PodRef>) -> io::Result<
     let hs = shard.settings.handshake_timeout;
     let tls = match zmesh_rt::timeout(
         hs,
-        TlsConnector::from(cfg).connect(tls::unused_server_name(), tcp),
+        TlsConnector::from(cfg).connect(tls::unused_server_name(), sockets::hbone_io(tcp)),
     )
     .await
     {

@@ -2,7 +2,9 @@
 //!
 //! Keyed like ztunnel's (source identity, expected destination identities, dialed address,
 //! source IP). A connection carries at most `min(100, peer's SETTINGS_MAX_CONCURRENT_STREAMS)`
-//! streams; past that the pool dials another. Only one dial per key runs at a time: the other
+//! streams; past that the pool dials another. While a key's connection is busy, the next
+//! stream gets a second connection (see [`SPREAD_CONNS`]) so that parallel bulk streams can use
+//! more than one core at each end. Only one dial per key runs at a time: the other
 //! requests wait for it and share its result. The pool lives on one shard, so none of this
 //! needs a lock.
 
@@ -98,6 +100,34 @@ struct Entry {
     waiters: Vec<Waker>,
 }
 
+impl Entry {
+    /// The open connection with the fewest streams that can take one more.
+    fn least_loaded(&self) -> Option<Rc<PooledConn>> {
+        self.conns
+            .iter()
+            .filter(|c| c.usable())
+            .min_by_key(|c| c.streams.get())
+            .cloned()
+    }
+
+    /// Whether a new stream should get a connection of its own rather than share `best`: it
+    /// already carries [`SPREAD_STREAMS`] and the key has fewer than [`SPREAD_CONNS`] open.
+    fn wants_spread(&self, best: &PooledConn) -> bool {
+        best.streams.get() >= SPREAD_STREAMS
+            && self.conns.iter().filter(|c| !c.closed.get()).count() < SPREAD_CONNS
+    }
+}
+
+/// Open connections per key a shard keeps for spreading busy streams. One HTTP/2 connection
+/// is served by one shard at each end (TLS and framing for all its streams on one core), so
+/// streams sharing a single connection cannot use more than one core on the receiving node;
+/// a second connection may land on another shard there (SO_REUSEPORT spreads connections).
+/// ztunnel keeps one; a second costs one more handshake per key and shard, once.
+const SPREAD_CONNS: usize = 2;
+/// Streams a connection carries before the next stream opens another connection (up to
+/// [`SPREAD_CONNS`]); past that, streams go to the least loaded connection.
+const SPREAD_STREAMS: usize = 1;
+
 /// The pool of one shard.
 pub struct Pool {
     entries: RefCell<HashMap<PoolKey, Entry>>,
@@ -123,16 +153,24 @@ impl Pool {
         D: Fn() -> F,
         F: Future<Output = io::Result<PooledConn>>,
     {
+        let mut fallback: Option<Rc<PooledConn>> = None;
         loop {
             let generation = {
                 let mut entries = self.entries.borrow_mut();
                 let entry = entries.entry(key.clone()).or_default();
-                if let Some(conn) = entry.conns.iter().find(|c| c.usable()) {
-                    conn.streams.set(conn.streams.get() + 1);
-                    return Ok(Checkout { conn: conn.clone() });
+                let best = entry.least_loaded();
+                match best {
+                    // Share `best` unless it is busy, the key has room for another
+                    // connection and no dial runs yet: then dial one (below).
+                    Some(ref conn) if entry.dialing || !entry.wants_spread(conn) => {
+                        conn.streams.set(conn.streams.get() + 1);
+                        return Ok(Checkout { conn: conn.clone() });
+                    }
+                    _ => {}
                 }
                 if !entry.dialing {
                     entry.dialing = true;
+                    fallback = best;
                     None
                 } else {
                     Some(entry.dial_gen)
@@ -176,6 +214,12 @@ impl Pool {
                         }
                         Err(e) => {
                             entry.last_error = Some((entry.dial_gen, e.to_string()));
+                            // A spreading dial failed: the connection we had still serves.
+                            if let Some(conn) = fallback.take().filter(|c| c.usable()) {
+                                tracing::debug!(error = %e, "extra HBONE connection failed");
+                                conn.streams.set(conn.streams.get() + 1);
+                                return Ok(Checkout { conn });
+                            }
                             return Err(e);
                         }
                     }

@@ -331,6 +331,8 @@ pub struct ShardSpec {
 
 /// Starts a shard thread. Errors building its runtime are reported before it serves.
 pub fn spawn(spec: ShardSpec) -> std::io::Result<std::thread::JoinHandle<()>> {
+    // Before the shard's first allocation: its arena then keeps freed buffers for reuse.
+    zmesh_rt::keep_freed_memory();
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
         .name(format!("zmesh-shard-{}", spec.id))

@@ -5,6 +5,21 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::io::BufReader;
+use zmesh_rt::TcpStream;
+
+/// What TLS runs on for an HBONE connection: the socket behind a read buffer.
+pub type HboneIo = BufReader<TcpStream>;
+
+/// Size of that read buffer. rustls asks its transport for at most 4 KiB per read, so without
+/// it a 16 KiB record costs four or more `recv` calls; with it one `recv` takes several records
+/// and rustls' reads are served from memory.
+const HBONE_READ_BUF: usize = 64 << 10;
+
+/// Wraps an HBONE socket for TLS (see [`HBONE_READ_BUF`]). Writes pass straight through.
+pub fn hbone_io(tcp: TcpStream) -> HboneIo {
+    BufReader::with_capacity(HBONE_READ_BUF, tcp)
+}
 
 /// Pending connections the kernel queues per listener.
 const BACKLOG: i32 = 4096;

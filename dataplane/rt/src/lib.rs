@@ -32,6 +32,7 @@ pub use async_task::Task;
 pub use channel::{Receiver, Sender, channel};
 pub use net::{OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpStream};
 pub use runtime::{Runtime, spawn};
+pub use sys::keep_freed_memory;
 pub use timer::{Elapsed, Sleep, sleep, sleep_until, timeout};
 
 /// Which IO driver a [`Runtime`] uses.

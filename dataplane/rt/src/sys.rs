@@ -117,3 +117,33 @@ pub(crate) fn shut_down() -> io::Error {
 pub(crate) fn no_runtime() -> io::Error {
     io::Error::other("no zmesh-rt runtime on this thread")
 }
+
+/// Heap memory glibc may keep free at the top of an arena before returning it to the kernel.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const KEEP_FREE_HEAP: libc::c_int = 64 << 20;
+/// Allocations at least this large get their own mapping (and are unmapped when freed).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const OWN_MAPPING_FROM: libc::c_int = 8 << 20;
+
+/// Stops glibc from handing freed buffers back to the kernel after every burst.
+///
+/// A bulk tunnel frees and re-allocates buffers of 64 KiB–1 MiB all the time (read buffers,
+/// HTTP/2 frames). With glibc's defaults the shard arenas trim their top (`madvise`) and
+/// large blocks get their own `mmap`, so the next allocation page-faults and the kernel zeroes
+/// fresh pages: measured at ~19% of a loaded proxy's CPU, and 3.5 → 2.2 CPU-s per GB when
+/// turned off. The price is that memory freed after a burst stays in the process (up to
+/// [`KEEP_FREE_HEAP`] per arena). Process-wide and idempotent; other allocators ignore it.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt takes two integers and only changes allocator parameters; an
+            // unsupported parameter returns 0, which we ignore (the defaults then stay).
+            unsafe {
+                libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_FREE_HEAP);
+                libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_MAPPING_FROM);
+            }
+        });
+    }
+}
