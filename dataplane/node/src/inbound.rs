@@ -275,10 +275,7 @@ async fn connect_stream(
     };
     let counters = shard.metrics.traffic(labels.clone());
     TrafficCounters::add(&counters.opened, 1);
-    let acct = Accounting {
-        traffic: counters.clone(),
-        stats: shard.metrics.stats.clone(),
-    };
+    let acct = Accounting::new(counters.clone(), shard.metrics.stats.clone());
     let entry = shard.track_policy("inbound-tunnel", pc.peer, target, pc.identity.clone());
     let relay = relay::tunnel(upstream, send, req.into_body(), &acct, false);
     let moved = until_denied(relay, &entry).await;
@@ -286,7 +283,11 @@ async fn connect_stream(
     TrafficCounters::add(&counters.closed, 1);
     let (up, down, err) = match &moved {
         Ok(m) => (m.up, m.down, None),
-        Err(e) => (0, 0, Some(e as &dyn std::fmt::Display)),
+        Err(e) => (
+            acct.moved().up,
+            acct.moved().down,
+            Some(e as &dyn std::fmt::Display),
+        ),
     };
     telemetry::access_log(
         "inbound",
@@ -546,17 +547,18 @@ async fn plaintext_connection(
     };
     let counters = shard.metrics.traffic(labels.clone());
     TrafficCounters::add(&counters.opened, 1);
-    let acct = Accounting {
-        traffic: counters.clone(),
-        stats: shard.metrics.stats.clone(),
-    };
+    let acct = Accounting::new(counters.clone(), shard.metrics.stats.clone());
     let entry = shard.track_policy("inbound-plaintext", peer, target, None);
     let moved = until_denied(relay::passthrough(stream, upstream, &acct), &entry).await;
     drop(entry);
     TrafficCounters::add(&counters.closed, 1);
     let (up, down, err) = match &moved {
         Ok(m) => (m.up, m.down, None),
-        Err(e) => (0, 0, Some(e as &dyn std::fmt::Display)),
+        Err(e) => (
+            acct.moved().up,
+            acct.moved().down,
+            Some(e as &dyn std::fmt::Display),
+        ),
     };
     telemetry::access_log(
         "inbound",

@@ -297,10 +297,7 @@ async fn outbound(
     };
     let counters = shard.metrics.traffic(labels.clone());
     TrafficCounters::add(&counters.opened, 1);
-    let acct = Accounting {
-        traffic: counters.clone(),
-        stats: stats_arc(shard),
-    };
+    let acct = Accounting::new(counters.clone(), stats_arc(shard));
     let moved = match down.established().await {
         Err(e) => Err(e),
         Ok(()) => match upstream {
@@ -315,7 +312,11 @@ async fn outbound(
     TrafficCounters::add(&counters.closed, 1);
     let (up, dn, err) = match &moved {
         Ok(m) => (m.up, m.down, None),
-        Err(e) => (0, 0, Some(e as &dyn std::fmt::Display)),
+        Err(e) => (
+            acct.moved().up,
+            acct.moved().down,
+            Some(e as &dyn std::fmt::Display),
+        ),
     };
     telemetry::access_log(
         "outbound",

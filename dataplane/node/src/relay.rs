@@ -5,6 +5,7 @@
 //! closes its write side still reads the whole reply. Flow control is end to end: received
 //! stream capacity is released only after the bytes were written to the app socket.
 
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::io;
 use std::sync::Arc;
@@ -34,21 +35,42 @@ pub struct Moved {
     pub down: u64,
 }
 
-/// Where to count: the connection's traffic series and the shard totals.
+/// Where to count: the connection's traffic series and the shard totals, and this
+/// connection's own totals (kept so a relay that ends in an error still reports what it moved).
 pub struct Accounting {
-    pub traffic: Arc<TrafficCounters>,
-    pub stats: Arc<ShardStats>,
+    traffic: Arc<TrafficCounters>,
+    stats: Arc<ShardStats>,
+    moved: Cell<Moved>,
 }
 
 impl Accounting {
+    pub fn new(traffic: Arc<TrafficCounters>, stats: Arc<ShardStats>) -> Accounting {
+        Accounting {
+            traffic,
+            stats,
+            moved: Cell::default(),
+        }
+    }
+
+    /// Bytes this connection moved so far (all of them once its relay has returned).
+    pub fn moved(&self) -> Moved {
+        self.moved.get()
+    }
+
     fn received(&self, n: usize) {
         TrafficCounters::add(&self.traffic.received, n as u64);
         TrafficCounters::add(&self.stats.bytes_in, n as u64);
+        let mut m = self.moved.get();
+        m.up += n as u64;
+        self.moved.set(m);
     }
 
     fn sent(&self, n: usize) {
         TrafficCounters::add(&self.traffic.sent, n as u64);
         TrafficCounters::add(&self.stats.bytes_out, n as u64);
+        let mut m = self.moved.get();
+        m.down += n as u64;
+        self.moved.set(m);
     }
 }
 
