@@ -138,7 +138,7 @@ pub fn run(args: &ControlArgs) -> anyhow::Result<()> {
         "warnings": warnings,
         "runs": std::iter::once(&main).chain(scale.as_ref()).collect::<Vec<_>>(),
     });
-    std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&json)?)?;
+    crate::report::write_json(&dir, &json)?;
     std::fs::write(dir.join("report.md"), &md)?;
     print!("{md}");
     println!("\nResults: {}", dir.display());

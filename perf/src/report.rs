@@ -342,3 +342,44 @@ mod tests {
         assert!(md.contains("0/1"), "{md}");
     }
 }
+
+/// Writes `report.json` with every path under the current directory (the workspace root, where
+/// the tool is meant to run) recorded relative to it, so committed results name no machine's
+/// directories.
+pub fn write_json(dir: &std::path::Path, json: &serde_json::Value) -> std::io::Result<()> {
+    let mut json = json.clone();
+    if let Ok(cwd) = std::env::current_dir() {
+        let prefix = format!("{}/", cwd.display());
+        relativize(&mut json, &prefix);
+    }
+    let bytes = serde_json::to_vec_pretty(&json).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("report.json"), bytes)
+}
+
+fn relativize(v: &mut serde_json::Value, prefix: &str) {
+    match v {
+        serde_json::Value::String(s) if s.contains(prefix) => *s = s.replace(prefix, ""),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| relativize(i, prefix)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|i| relativize(i, prefix)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod write_json_tests {
+    #[test]
+    fn paths_under_the_root_become_relative() {
+        let mut v = serde_json::json!({
+            "bin_dir": "/r/oot/target/release",
+            "cmd": "/r/oot/target/release/zmesh-perf relay --listen 127.0.0.1:1",
+            "other": ["/elsewhere/x", 3],
+        });
+        super::relativize(&mut v, "/r/oot/");
+        assert_eq!(v["bin_dir"], "target/release");
+        assert_eq!(
+            v["cmd"],
+            "target/release/zmesh-perf relay --listen 127.0.0.1:1"
+        );
+        assert_eq!(v["other"][0], "/elsewhere/x");
+    }
+}

@@ -93,7 +93,7 @@ pub fn suite(args: &SuiteArgs) -> anyhow::Result<()> {
         "records": records,
         "plots": plots.iter().filter_map(|p| p.file_name()).map(|f| f.to_string_lossy()).collect::<Vec<_>>(),
     });
-    std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&json)?)?;
+    crate::report::write_json(&dir, &json)?;
     std::fs::write(dir.join("report.md"), &md)?;
     print!("{md}");
     println!("\nResults: {}", dir.display());

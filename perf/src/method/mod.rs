@@ -101,7 +101,7 @@ pub fn run(args: &MethodArgs) -> anyhow::Result<()> {
         "targets": judged,
         "records": records,
     });
-    std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&json)?)?;
+    crate::report::write_json(&dir, &json)?;
     std::fs::write(dir.join("report.md"), &md)?;
     print!("{md}");
     println!("\nResults: {}", dir.display());
