@@ -207,27 +207,27 @@ impl OutboundError {
     }
 }
 
-/// How often a connection from a just-enrolled pod looks again for its workload.
-const POD_SOURCE_POLL: Duration = Duration::from_millis(10);
+/// How often a connection that waits for the mesh state looks again.
+const STATE_POLL: Duration = Duration::from_millis(10);
 
-/// The source workload of a captured pod's connection, with the state to serve it from.
+/// `find` in the published state, waiting (up to the connect timeout) while it finds nothing.
 ///
 /// The node agent enrolls a pod (and the pod's app starts) as soon as its capture is in place,
 /// which can be a moment before the controller's push names the workload and its certificate
-/// arrives. Like ztunnel, a connection in that window waits for them (up to the connect
-/// timeout) instead of being refused: refusing would fail an app's first request at start-up.
-async fn pod_workload(shard: &ShardRef, pod: &PodRef) -> (Arc<NodeState>, Option<Arc<Workload>>) {
+/// arrives. Like ztunnel, a connection in that window waits for them instead of being refused:
+/// refusing would fail an app's first request at start-up. Found at once, it costs one lookup.
+async fn wait_for_state<T>(
+    shard: &ShardRef,
+    find: impl Fn(&NodeState) -> Option<T>,
+) -> (Arc<NodeState>, Option<T>) {
     let deadline = Instant::now() + shard.settings.connect_timeout;
     loop {
         let state = shard.state.load_full();
-        let src = state.pod_workload(pod).cloned();
-        let ready = src
-            .as_ref()
-            .is_some_and(|w| state.cert(&w.identity()).is_some());
-        if ready || Instant::now() >= deadline {
-            return (state, src);
+        let found = find(&state);
+        if found.is_some() || Instant::now() >= deadline {
+            return (state, found);
         }
-        zmesh_rt::sleep(POD_SOURCE_POLL).await;
+        zmesh_rt::sleep(STATE_POLL).await;
     }
 }
 
@@ -251,7 +251,7 @@ async fn outbound(
     guard.track("outbound", client, dst, None);
     let result = async {
         let (state, src) = match &pod {
-            Some(p) => pod_workload(shard, p).await,
+            Some(p) => wait_for_state(shard, |s| s.pod_workload(p).cloned()).await,
             None => {
                 let state = shard.state.load_full();
                 let src = state.local_workload(client.ip()).cloned();
@@ -536,10 +536,9 @@ fn classify_dial(dst: SocketAddr, e: io::Error) -> OutboundError {
 /// A new HBONE connection: TCP from the client's address, mTLS as the source identity
 /// expecting one of the destination identities, then the HTTP/2 handshake.
 async fn dial(shard: ShardRef, key: PoolKey, pod: Option<PodRef>) -> io::Result<PooledConn> {
-    let state = shard.state.load_full();
-    let cert = state
-        .cert(&key.src_id)
-        .ok_or_else(|| dial_err("tls", format!("no certificate for {}", key.src_id)))?;
+    // A just-enrolled pod's certificate may still be on its way from the CA.
+    let (_, cert) = wait_for_state(&shard, |s| s.cert(&key.src_id).cloned()).await;
+    let cert = cert.ok_or_else(|| dial_err("tls", format!("no certificate for {}", key.src_id)))?;
     let cfg =
         tls::client_config(&cert.cert, key.dst_ids.clone()).map_err(|e| dial_err("tls", e))?;
     let sock = sockets::upstream_in(
