@@ -175,7 +175,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 && l.contains("reporter=\"destination\"")
                 && !l.ends_with(" 0")
         }) {
-            println!("      node{n}: {}", shorten(line));
+            println!(
+                "      node{n}: {}",
+                crate::metrics_line::shorten(line, SHOWN_LABELS)
+            );
         }
     }
     check(&stop)?;
@@ -213,7 +216,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 && l.contains("reporter=\"destination\"")
                 && !l.ends_with(" 0")
         }) {
-            println!("      node{n}: {}", shorten(line));
+            println!(
+                "      node{n}: {}",
+                crate::metrics_line::shorten(line, SHOWN_LABELS)
+            );
         }
     }
     if args.keep {
@@ -325,23 +331,10 @@ fn wait_ok(t: &mut Topology, pod: &Pod, url: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Keeps the labels a reader cares about.
-fn shorten(line: &str) -> String {
-    let keep = [
-        "source_principal",
-        "destination_principal",
-        "connection_security_policy",
-        "response_flags",
-    ];
-    let Some((name, rest)) = line.split_once('{') else {
-        return line.to_string();
-    };
-    let Some((labels, value)) = rest.rsplit_once('}') else {
-        return line.to_string();
-    };
-    let kept: Vec<&str> = labels
-        .split(',')
-        .filter(|l| keep.iter().any(|k| l.starts_with(k)))
-        .collect();
-    format!("{name}{{{}}}{value}", kept.join(","))
-}
+/// The labels a reader of the demo cares about.
+const SHOWN_LABELS: &[&str] = &[
+    "source_principal",
+    "destination_principal",
+    "connection_security_policy",
+    "response_flags",
+];

@@ -133,7 +133,7 @@ pub fn run(node_bin: Option<PathBuf>, keep: bool) -> anyhow::Result<()> {
                 && l.contains("reporter=\"destination\"")
                 && !l.ends_with(" 0")
         }) {
-            println!("      {}", shorten(line));
+            println!("      {}", crate::metrics_line::shorten(line, SHOWN_LABELS));
         }
         if keep {
             println!("\nThe mesh keeps running (admin: http://127.0.1.1:15000/config_dump). Ctrl-C to stop.");
@@ -217,26 +217,13 @@ fn scrape(addr: &str) -> anyhow::Result<String> {
     Ok(http_get_blocking(addr.parse()?, "/metrics")?)
 }
 
-/// Keeps the labels a reader cares about.
-fn shorten(line: &str) -> String {
-    let keep = [
-        "source_principal",
-        "destination_workload",
-        "destination_service=",
-        "response_flags",
-    ];
-    let Some((name, rest)) = line.split_once('{') else {
-        return line.to_string();
-    };
-    let Some((labels, value)) = rest.rsplit_once('}') else {
-        return line.to_string();
-    };
-    let kept: Vec<&str> = labels
-        .split(',')
-        .filter(|l| keep.iter().any(|k| l.starts_with(k)))
-        .collect();
-    format!("{name}{{{}}}{value}", kept.join(","))
-}
+/// The labels a reader of the demo cares about.
+const SHOWN_LABELS: &[&str] = &[
+    "source_principal",
+    "destination_workload",
+    "destination_service=",
+    "response_flags",
+];
 
 async fn http_server(name: &'static str, addr: SocketAddr) -> anyhow::Result<()> {
     let l = TcpListener::bind(addr).await?;

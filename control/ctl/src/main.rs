@@ -4,6 +4,7 @@
 
 mod demo;
 mod loopback;
+mod metrics_line;
 mod serve;
 
 use clap::{Parser, Subcommand};
