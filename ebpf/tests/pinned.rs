@@ -9,37 +9,11 @@ mod common;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
+use zmesh_ctl::topology::Bpffs;
 use zmesh_ebpf::{Capture, LoadConfig, PodCapture, PodSpec, Ports};
-
-/// A bpffs mounted on a temporary directory; unmounting frees whatever is still pinned.
-struct Bpffs {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Bpffs {
-    fn mount() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bpffs");
-        std::fs::create_dir(&path).unwrap();
-        run("mount", &["-t", "bpf", "bpf", &path.display().to_string()]);
-        Self { _dir: dir, path }
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let out = std::process::Command::new("umount")
-            .arg(&self.path)
-            .output();
-        if !out.is_ok_and(|o| o.status.success()) {
-            eprintln!("could not unmount {}", self.path.display());
-        }
-    }
-}
 
 struct Pod {
     topo: Topology,
@@ -116,8 +90,9 @@ fn pinned_links_outlive_the_loader_are_adopted_and_replaced_on_upgrade() {
         proxy: start_proxy(pod.topo.pod.as_fd()),
         ..pod
     };
-    let fs = Bpffs::mount();
-    let dir = fs.path.join("node");
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Bpffs::mount(&tmp.path().join("bpffs")).unwrap();
+    let dir = fs.path().join("node");
     let connect = || {
         probe(
             pod.topo.pod.as_fd(),

@@ -46,7 +46,7 @@ mod topo;
 pub use bins::Bins;
 pub use footprint::Footprint;
 pub use pod::{Pod, PodSpec, namespace_yaml};
-pub use sys::{Finished, Netns, Output, Proc};
+pub use sys::{Bpffs, Finished, Netns, Output, Proc};
 pub use topo::Topology;
 
 use std::path::PathBuf;

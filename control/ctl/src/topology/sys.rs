@@ -368,3 +368,45 @@ pub fn tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// A private bpffs mounted on `path` (created if missing) and unmounted on drop, which frees
+/// every pin still in it: BPF objects pinned there cannot outlive their owner.
+#[derive(Debug)]
+pub struct Bpffs {
+    path: PathBuf,
+}
+
+impl Bpffs {
+    pub fn mount(path: &Path) -> Result<Bpffs, Error> {
+        std::fs::create_dir_all(path).map_err(|source| Error::Io {
+            what: format!("bpffs directory {}", path.display()),
+            source,
+        })?;
+        nix::mount::mount(
+            Some("bpf"),
+            path,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| Error::Io {
+            what: format!("mount -t bpf bpf {}", path.display()),
+            source: e.into(),
+        })?;
+        Ok(Bpffs {
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        if let Err(e) = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("umount {}: {e}", self.path.display());
+        }
+    }
+}

@@ -29,7 +29,7 @@ pub struct Topology {
     pub(super) controller: Option<Controller>,
     pub(super) nodes: Vec<Node>,
     pub(super) pods: Vec<PodState>,
-    pub(super) bpffs: Option<PathBuf>,
+    pub(super) bpffs: Option<sys::Bpffs>,
     pub(super) seq: u32,
     pub(super) inodes: Vec<u64>,
     /// Processes handed over with [`Topology::keep`].
@@ -169,22 +169,7 @@ impl Topology {
 
     fn mount_bpffs(&mut self) -> Result<(), Error> {
         let dir = self.work.join("bpffs");
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-            what: "bpffs dir".into(),
-            source,
-        })?;
-        nix::mount::mount(
-            Some("bpf"),
-            &dir,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|e| Error::Io {
-            what: format!("mount -t bpf bpf {}", dir.display()),
-            source: e.into(),
-        })?;
-        self.bpffs = Some(dir.clone());
+        self.bpffs = Some(sys::Bpffs::mount(&dir)?);
         for node in &self.nodes {
             std::fs::create_dir_all(dir.join(&node.name)).map_err(|source| Error::Io {
                 what: "bpffs node dir".into(),
@@ -202,7 +187,12 @@ impl Topology {
         let token = ctl.node_token(&self.bins, &self.nodes[i].name)?;
         let config_dir = ctl.config_dir.clone();
         let node = &mut self.nodes[i];
-        node.build_proxy_args(&self.opts, &root_cert, &token, self.bpffs.as_deref());
+        node.build_proxy_args(
+            &self.opts,
+            &root_cert,
+            &token,
+            self.bpffs.as_ref().map(sys::Bpffs::path),
+        );
         node.start_agent(&self.bins, &config_dir)?;
         node.start_proxy(&self.bins, self.opts.ready_timeout)
     }
@@ -403,7 +393,7 @@ impl Topology {
         Footprint {
             netns_inodes: inodes,
             cgroup: self.cgroup.clone(),
-            bpffs: self.bpffs.clone(),
+            bpffs: self.bpffs.as_ref().map(|b| b.path().to_owned()),
             work: self.work.clone(),
         }
     }
@@ -432,11 +422,8 @@ impl Topology {
         if let Err(e) = sys::cgroup_remove(&self.cgroup) {
             eprintln!("topology teardown: {e}");
         }
-        if let Some(dir) = self.bpffs.take()
-            && let Err(e) = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH)
-        {
-            eprintln!("topology teardown: umount {}: {e}", dir.display());
-        }
+        // After the proxies: unmounting frees every pin they left.
+        self.bpffs = None;
         self.pods.clear();
         self.nodes.clear();
         self.controller = None;

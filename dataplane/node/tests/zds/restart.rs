@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::topology::{Proc, netns_ino, run};
@@ -14,6 +14,7 @@ use crate::{
     MTLS_IN, World, agent, app, bpf_attached, client_from_node, client_in, nft_table, spawn_node,
     start, wait_for,
 };
+use zmesh_ctl::topology::Bpffs;
 
 const TALLY_PORT: u16 = 8081;
 
@@ -35,33 +36,6 @@ pub fn tally(addr: &str, file: &str) {
 }
 
 /// A private bpffs mounted on a temporary directory, unmounted on drop (which frees every pin
-/// still in it).
-struct Bpffs {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Bpffs {
-    fn mount() -> Bpffs {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bpffs");
-        std::fs::create_dir(&path).unwrap();
-        run("mount", &["-t", "bpf", "bpf", &path.display().to_string()]);
-        Bpffs { _dir: dir, path }
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let out = std::process::Command::new("umount")
-            .arg(&self.path)
-            .output();
-        if !out.is_ok_and(|o| o.status.success()) {
-            eprintln!("could not unmount {}", self.path.display());
-        }
-    }
-}
-
 /// The pods' pin directories: `<root>/obj-*/pods/<cookie>`, with how many pins each holds.
 fn pinned_pods(root: &Path) -> Vec<usize> {
     let mut pods = Vec::new();
@@ -133,8 +107,9 @@ fn restart_node(w: &mut World, log: &str) -> agent::Session {
 
 pub fn capture_survives_restart(backend: &str) {
     let ebpf = backend == "ebpf";
-    let fs = Bpffs::mount();
-    let pin_dir = fs.path.join("node1");
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Bpffs::mount(&tmp.path().join("bpffs")).unwrap();
+    let pin_dir = fs.path().join("node1");
     if ebpf {
         not_bpffs_is_an_error();
     }
